@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SRC    := api pipeline events projections migrations
+# tests/ and bench/ only if present (git keeps no empty bench/ in a clone)
+CHECK  := $(SRC) $(wildcard tests bench)
 PYTEST_ARGS ?=
 
 .PHONY: help .venv services db run test lint fmt bench clean
@@ -42,11 +44,11 @@ test: .venv services db lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: .venv
-	$(VENV)/bin/ruff check $(SRC) tests bench
+	$(VENV)/bin/ruff check $(CHECK)
 	$(VENV)/bin/mypy $(SRC)
 
 fmt: .venv
-	$(VENV)/bin/ruff format $(SRC) tests bench
+	$(VENV)/bin/ruff format $(CHECK)
 
 bench: .venv services db
 	@for f in bench/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) "$$f" || exit 1; done
