@@ -1,0 +1,126 @@
+"""create_app(settings, ...) wires the Falcon app; get_app() builds it from the environment."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import falcon
+
+from api.auth import Unauthorized, WebhookAuth
+from api.health import HealthResource, Lifecycle, ReadyResource
+from api.ingest import GroupCommitter
+from api.requestlog import RequestLog
+from api.webhooks import BodyTooLarge, WebhookResource
+from events.errors import BadWebhook, StoreRejected, StoreUnavailable, ZaplineError
+from events.pool import Pool
+from events.store import EventStore
+from migrations import runner as migrations
+from pipeline import heartbeat, logs, probes
+from pipeline.config import Settings
+
+log = logging.getLogger("zapline.api")
+
+# How long Evolution (and any sender) should wait before retrying a 503.
+RETRY_AFTER_SECONDS = "5"
+
+
+@dataclass(frozen=True)
+class Services:
+    """The collaborators a web process needs, made after fork."""
+
+    pool: Pool
+    store: EventStore
+    committer: GroupCommitter
+    lifecycle: Lifecycle
+
+
+def create_app(settings: Settings, services: Services) -> falcon.App:
+    """Wire resources, middleware and the one error-handler table."""
+    app = falcon.App(middleware=[RequestLog()])
+    app.req_options.auto_parse_form_urlencoded = False
+    webhooks = WebhookResource(
+        WebhookAuth(settings.webhook_token, settings.webhook_jwt_secret),
+        services.committer,
+        services.store,
+        settings.max_body_bytes,
+    )
+    app.add_route("/webhooks/evolution", webhooks)
+    app.add_route("/webhooks/evolution/{suffix}", webhooks)
+    redis = probes.redis_client(settings.redis_url)
+    app.add_route("/health", HealthResource(services.store.ping, services.lifecycle))
+    app.add_route(
+        "/health/ready",
+        ReadyResource(
+            checks={
+                "database": services.store.ping,
+                "redis": lambda: probes.check_redis(redis),
+                "rabbitmq": lambda: probes.check_rabbitmq(settings.rabbitmq_url),
+                "migrations": lambda: _migrations_at_head(services.pool),
+            },
+            info={"workers": lambda: _workers_seen(redis), "projection_lag_seconds": lambda: None},
+            lifecycle=services.lifecycle,
+        ),
+    )
+    for error, status in _ERRORS.items():
+        app.add_error_handler(error, _handler(status))
+    return app
+
+
+def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> Services:
+    """Make the pool, store and committer of one web process."""
+    pool = Pool(settings.database_url, size=8, statement_timeout_ms=15_000)
+    store = EventStore(pool)
+    return Services(pool, store, GroupCommitter(store.append), lifecycle or Lifecycle())
+
+
+def get_app() -> falcon.App:
+    """The gunicorn entry point: called once in every worker process, after fork."""
+    from psycogreen.gevent import patch_psycopg
+
+    # psycopg2 blocks the whole gevent loop unless told to wait through gevent.
+    patch_psycopg()
+    logs.configure()
+    settings = Settings.from_env()
+    return create_app(settings, create_services(settings, LIFECYCLE))
+
+
+# Flipped to draining by the gunicorn worker's SIGTERM handler (pipeline/web.py).
+LIFECYCLE = Lifecycle()
+
+_ERRORS: dict[type[ZaplineError], str] = {
+    Unauthorized: falcon.HTTP_401,
+    BodyTooLarge: falcon.HTTP_413,
+    BadWebhook: falcon.HTTP_400,
+    StoreRejected: falcon.HTTP_400,
+    StoreUnavailable: falcon.HTTP_503,
+}
+
+
+def _handler(status: str) -> Callable[..., None]:
+    def handle(req: falcon.Request, resp: falcon.Response, error: Exception, params: dict) -> None:
+        resp.status = status
+        body: dict[str, object] = {"error": str(error)}
+        if status == falcon.HTTP_503:
+            resp.set_header("Retry-After", RETRY_AFTER_SECONDS)
+            body = {"error": "database unavailable, retry later"}
+            log.warning("store unavailable", extra={"fields": {"reason": str(error)[:300]}})
+        if "quarantine_id" in req.context:
+            body["quarantine_id"] = req.context.quarantine_id
+        resp.media = body
+
+    return handle
+
+
+def _migrations_at_head(pool: Pool) -> str:
+    with pool.connection() as conn:
+        applied = migrations.applied_version(conn)
+        conn.rollback()
+    if applied != migrations.head():
+        raise probes.DependencyDown(f"at {applied}, head is {migrations.head()}")
+    return f"at head ({applied})"
+
+
+def _workers_seen(redis: object) -> int:
+    return heartbeat.count_workers(redis)

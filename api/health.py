@@ -1,0 +1,104 @@
+"""HealthResource (liveness) and ReadyResource (readiness), each bounded in time."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import falcon
+import gevent
+
+Check = Callable[[], Any]
+
+
+class Lifecycle:
+    """What the process is doing: serving, or draining after SIGTERM."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
+class HealthResource:
+    """GET /health: the process is alive and the database answers within 1 s."""
+
+    def __init__(self, database: Check, lifecycle: Lifecycle, timeout: float = 1.0) -> None:
+        self._database = database
+        self._lifecycle = lifecycle
+        self._timeout = timeout
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        results, failed = run_checks({"database": self._database}, self._timeout)
+        results = _connected(results)
+        resp.status = falcon.HTTP_503 if failed else falcon.HTTP_200
+        resp.media = {
+            "status": "unhealthy" if failed else "ok",
+            **results,
+            "draining": self._lifecycle.draining,
+        }
+
+
+class ReadyResource:
+    """GET /health/ready: 200 only when every dependency answers and we are not draining."""
+
+    def __init__(
+        self,
+        checks: Mapping[str, Check],
+        info: Mapping[str, Check],
+        lifecycle: Lifecycle,
+        timeout: float = 1.5,
+    ) -> None:
+        self._checks = checks
+        self._info = info
+        self._lifecycle = lifecycle
+        self._timeout = timeout
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        results, failed = run_checks({**self._checks, **self._info}, self._timeout)
+        results = {**results, **_connected({n: results[n] for n in self._checks})}
+        failing = [name for name in self._checks if name in failed]
+        if self._lifecycle.draining:
+            failing.append("draining")
+        resp.status = falcon.HTTP_503 if failing else falcon.HTTP_200
+        resp.media = {
+            "status": "not_ready" if failing else "ready",
+            **results,
+            "draining": self._lifecycle.draining,
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            **({"failing": failing} if failing else {}),
+        }
+
+
+def run_checks(checks: Mapping[str, Check], timeout: float) -> tuple[dict[str, Any], set[str]]:
+    """Run checks concurrently: what each returned (a failure's reason), and which failed.
+
+    Every check is abandoned after `timeout` seconds, so a dependency that accepts
+    connections and never answers cannot hold the probe.
+    """
+    greenlets = {name: gevent.spawn(check) for name, check in checks.items()}
+    gevent.joinall(list(greenlets.values()), timeout=timeout)
+    results: dict[str, Any] = {}
+    failed: set[str] = set()
+    for name, greenlet in greenlets.items():
+        if greenlet.successful():
+            results[name] = greenlet.value
+            continue
+        failed.add(name)
+        if greenlet.ready():
+            results[name] = _safe(greenlet.exception)
+        else:
+            greenlet.kill(block=False)
+            results[name] = f"timeout after {timeout:g} s"
+    return results, failed
+
+
+def _connected(results: dict[str, Any]) -> dict[str, Any]:
+    """A dependency check that returned nothing passed: say "connected"."""
+    return {name: "connected" if value is None else value for name, value in results.items()}
+
+
+def _safe(error: BaseException | None) -> str:
+    """A one-line reason with any credentials in URLs masked."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return "unavailable: " + re.sub(r"//[^/@\s]*@", "//***@", text)[:200]

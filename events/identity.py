@@ -1,0 +1,52 @@
+"""The dedupe identity of a webhook: what makes two deliveries "the same webhook".
+
+Envelope fields (`date_time`, `destination`, `server_url`, `apikey`, `sender`) never take
+part: Evolution re-emits the same event with a new `date_time`, and the instance and the
+global webhook deliver it with different `destination`s (contract section 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def dedupe_key(instance: str, event: str, data: Any) -> str:
+    """Return the unique key under which this webhook is stored once."""
+    parts = [instance, event, *_identity(event, data)]
+    return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
+def _identity(event: str, data: Any) -> list[str]:
+    d: dict[str, Any] = data if isinstance(data, dict) else {}
+    key: dict[str, Any] = d["key"] if isinstance(d.get("key"), dict) else {}
+    if event in ("messages.upsert", "send.message") and _text(key.get("id")):
+        return [_text(key.get("id"))]
+    if event == "messages.update":
+        key_id = _text(d.get("keyId")) or _text(d.get("id")) or _text(key.get("id"))
+        if key_id:
+            return [key_id, _text(d.get("status")), _text(d.get("participant"))]
+    if event == "messages.edited" and _text(key.get("id")):
+        return [_text(key.get("id")), _text(d.get("type")), _text(d.get("timestampMs"))]
+    if event == "messages.delete":
+        target = _text(key.get("id")) or _text(d.get("id"))
+        if target:
+            return [target]
+    return ["sha256:" + _canonical_hash(data)]
+
+
+def _text(value: Any) -> str:
+    """Scalars as text; 2.3.6 Long objects ({low, high, unsigned}) as their decimal value."""
+    if value is None:
+        return ""
+    if isinstance(value, dict) and "low" in value and "high" in value:
+        return str((int(value["high"]) << 32) + (int(value["low"]) & 0xFFFFFFFF))
+    if isinstance(value, (dict, list)):
+        return _canonical_hash(value)
+    return str(value)
+
+
+def _canonical_hash(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()

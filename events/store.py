@@ -1,0 +1,164 @@
+"""EventStore: idempotent appends to the append-only log and gap-safe forward reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+
+from events.errors import StoreRejected
+from events.event import Event
+from events.pool import Pool
+from events.webhook import Webhook
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where a webhook landed, and whether an earlier delivery had already stored it."""
+
+    position: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    """A reader's place in the log: (writing transaction id, position), compared in that order."""
+
+    txid: int = 0
+    position: int = 0
+
+
+_INSERT_EVENTS = """
+    INSERT INTO events (instance, type, dedupe_key, payload)
+    SELECT r.instance, r.type, r.dedupe_key, r.payload::jsonb
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
+         WITH ORDINALITY AS r(instance, type, dedupe_key, payload, n)
+    ORDER BY r.n
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING dedupe_key, position
+"""
+
+# Only transactions older than every transaction still running are final: a transaction that
+# began earlier may still commit an event with a lower position (design.md invariant 4).
+_READ_AFTER = """
+    SELECT txid::text, position, instance, type, payload, received_at
+    FROM events
+    WHERE (txid, position) > (%s::text::xid8, %s)
+      AND txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY txid, position
+    LIMIT %s
+"""
+
+
+class EventStore:
+    """The event log in PostgreSQL."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def append(self, webhooks: Sequence[Webhook]) -> list[Appended]:
+        """Store webhooks in one transaction, each at most once; answer in the same order.
+
+        Raises:
+            StoreUnavailable: the database could not take the write; nothing was promised.
+            StoreRejected: the database refused one of the rows; nothing was stored.
+        """
+        with self._pool.connection() as conn:
+            try:
+                with conn, conn.cursor() as cur:
+                    return _append(cur, webhooks)
+            except (
+                psycopg2.DataError,
+                psycopg2.IntegrityError,
+                psycopg2.ProgrammingError,
+            ) as error:
+                raise StoreRejected(str(error).strip()) from error
+
+    def read_after(self, cursor: Cursor, limit: int = 1000) -> list[tuple[Cursor, Event]]:
+        """Return up to `limit` events after `cursor` that no late commit can precede."""
+        with self._pool.connection() as conn, conn, conn.cursor() as cur:
+            return read_after(cur, cursor, limit)
+
+    def quarantine(self, *, path: str, content_type: str | None, reason: str, body: bytes) -> int:
+        """Keep a body we could not parse for inspection; return its quarantine id."""
+        with self._pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO quarantine (path, content_type, reason, body)"
+                " VALUES (%s, %s, %s, %s) RETURNING id",
+                (path, content_type, reason[:1000], psycopg2.Binary(body)),
+            )
+            return int(cur.fetchone()[0])
+
+    def ping(self) -> None:
+        """Round-trip to the database.
+
+        Raises:
+            StoreUnavailable: it did not answer.
+        """
+        with self._pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+    def head(self) -> int:
+        """Return the highest stored position, 0 for an empty log."""
+        with self._pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute("SELECT coalesce(max(position), 0) FROM events")
+            return int(cur.fetchone()[0])
+
+
+def read_after(cur: Any, cursor: Cursor, limit: int) -> list[tuple[Cursor, Event]]:
+    """The gap-safe read on a caller's cursor, so it can share the caller's transaction."""
+    cur.execute(_READ_AFTER, (str(cursor.txid), cursor.position, limit))
+    return [
+        (
+            Cursor(int(txid), position),
+            Event(
+                position=position,
+                instance=instance,
+                type=type_,
+                payload=payload,
+                received_at=received_at,
+            ),
+        )
+        for txid, position, instance, type_, payload, received_at in cur.fetchall()
+    ]
+
+
+def _append(cur: Any, webhooks: Sequence[Webhook]) -> list[Appended]:
+    for webhook in webhooks:
+        blob = webhook.attachment
+        if blob is not None:
+            cur.execute(
+                "INSERT INTO attachments (sha256, size, mimetype, data) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (sha256) DO NOTHING",
+                (blob.sha256, blob.size, blob.mimetype, psycopg2.Binary(blob.data)),
+            )
+    cur.execute(
+        _INSERT_EVENTS,
+        (
+            [w.instance for w in webhooks],
+            [w.type for w in webhooks],
+            [w.dedupe_key for w in webhooks],
+            [w.payload_json for w in webhooks],
+        ),
+    )
+    inserted = dict(cur.fetchall())
+    missing = [w.dedupe_key for w in webhooks if w.dedupe_key not in inserted]
+    existing: dict[str, int] = {}
+    if missing:
+        cur.execute(
+            "SELECT dedupe_key, position FROM events WHERE dedupe_key = ANY(%s)", (missing,)
+        )
+        existing = dict(cur.fetchall())
+    answers = []
+    for webhook in webhooks:
+        key = webhook.dedupe_key
+        if key in inserted:
+            # A second copy of the same webhook within this batch is a duplicate of the first.
+            answers.append(Appended(inserted.pop(key), duplicate=False))
+            existing[key] = answers[-1].position
+        else:
+            answers.append(Appended(existing[key], duplicate=True))
+    return answers

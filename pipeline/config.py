@@ -1,0 +1,121 @@
+"""Settings.from_env(): the only place that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from events.errors import ConfigError
+
+DEFAULTS = {
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/zapline",
+    "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "PORT": "8000",
+    "MAX_BODY_BYTES": str(64 * 1024 * 1024),
+    "MEDIA_DIR": "./var/media",
+    "WEB_CONCURRENCY": "2",
+    "WEB_WORKER_CONNECTIONS": "10000",
+}
+REQUIRED_IN_PRODUCTION = ("WEBHOOK_TOKEN", "API_TOKENS", "ADMIN_TOKEN")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Zapline is told by its environment (contract section 2)."""
+
+    database_url: str = DEFAULTS["DATABASE_URL"]
+    rabbitmq_url: str = DEFAULTS["RABBITMQ_URL"]
+    redis_url: str = DEFAULTS["REDIS_URL"]
+    port: int = 8000
+    webhook_token: str | None = None
+    webhook_jwt_secret: str | None = None
+    # token -> the instances it may read; "*" means all.
+    api_tokens: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    admin_token: str | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    media_dir: str = DEFAULTS["MEDIA_DIR"]
+    evolution_api_url: str | None = None
+    evolution_api_key: str | None = None
+    web_concurrency: int = 2
+    web_worker_connections: int = 10000
+    production: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every variable at once.
+
+        Raises:
+            ConfigError: naming every missing or malformed variable.
+        """
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or DEFAULTS.get(name)
+
+        def number(name: str, low: int, high: int) -> int:
+            raw = get(name) or ""
+            if raw.isdigit() and low <= int(raw) <= high:
+                return int(raw)
+            problems.append(f"{name} must be a whole number from {low} to {high} (got {raw!r})")
+            return low
+
+        def url(name: str, schemes: tuple[str, ...]) -> str:
+            value = get(name) or ""
+            parts = urlsplit(value)
+            if parts.scheme not in schemes or not parts.hostname:
+                problems.append(f"{name} must be a {'/'.join(schemes)} URL with a host")
+            return value
+
+        production = (
+            bool(env.get("RAILWAY_DEPLOYMENT_ID")) or env.get("ZAPLINE_ENV") == "production"
+        )
+        if production:
+            problems += [
+                f"{n} is required in production" for n in REQUIRED_IN_PRODUCTION if not get(n)
+            ]
+        settings = cls(
+            database_url=url("DATABASE_URL", ("postgresql", "postgres")),
+            rabbitmq_url=url("RABBITMQ_URL", ("amqp", "amqps")),
+            redis_url=url("REDIS_URL", ("redis", "rediss")),
+            port=number("PORT", 1, 65535),
+            webhook_token=get("WEBHOOK_TOKEN"),
+            webhook_jwt_secret=get("WEBHOOK_JWT_SECRET"),
+            api_tokens=_api_tokens(get("API_TOKENS") or "", problems),
+            admin_token=get("ADMIN_TOKEN"),
+            max_body_bytes=number("MAX_BODY_BYTES", 1024, 2**31),
+            s3_bucket=get("S3_BUCKET"),
+            s3_endpoint_url=get("S3_ENDPOINT_URL"),
+            s3_region=get("S3_REGION"),
+            media_dir=get("MEDIA_DIR") or DEFAULTS["MEDIA_DIR"],
+            evolution_api_url=get("EVOLUTION_API_URL"),
+            evolution_api_key=get("EVOLUTION_API_KEY"),
+            web_concurrency=number("WEB_CONCURRENCY", 1, 64),
+            web_worker_connections=number("WEB_WORKER_CONNECTIONS", 10, 100_000),
+            production=production,
+        )
+        if problems:
+            raise ConfigError("bad configuration: " + "; ".join(problems))
+        return settings
+
+
+def _api_tokens(raw: str, problems: list[str]) -> dict[str, frozenset[str]]:
+    """Parse `token1:instanceA|instanceB,token2:*`."""
+    tokens: dict[str, frozenset[str]] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        token, sep, instances = entry.partition(":")
+        names = frozenset(filter(None, (n.strip() for n in instances.split("|"))))
+        if not sep or not token.strip() or not names:
+            problems.append(
+                "API_TOKENS entries must look like token:instanceA|instanceB or token:*"
+            )
+            return {}
+        tokens[token.strip()] = names
+    return tokens
