@@ -111,7 +111,7 @@ def _create_database_if_missing(dsn: str, log: Any) -> None:
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
         log(f"created database {name}")
-    except psycopg2.errors.DuplicateDatabase:
+    except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
         pass  # another migrate run created it first
     finally:
         admin.close()

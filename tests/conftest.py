@@ -1,0 +1,162 @@
+"""Shared fixtures: a fresh migrated database per session, real web servers, fixture bodies."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from migrations.runner import migrate
+from tests.netutil import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "evolution"
+BASE_URL = os.environ.get("ZAPLINE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/")
+WEBHOOK_TOKEN = "test-webhook-token"
+JWT_SECRET = "test-jwt-secret"
+
+
+def fixture_bodies() -> dict[str, bytes]:
+    """Every captured Evolution webhook body, by file name."""
+    return {p.name: p.read_bytes() for p in sorted(FIXTURES.glob("*.json"))}
+
+
+def new_database() -> str:
+    """Create and migrate an empty database; return its URL."""
+    url = BASE_URL.rstrip("/") + "/zapline_test_" + uuid.uuid4().hex[:10]
+    migrate(url, log=lambda _: None)
+    return url
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = psycopg2.connect(BASE_URL.rstrip("/") + "/postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    url = new_database()
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def fresh_database_url() -> Iterator[str]:
+    url = new_database()
+    yield url
+    drop_database(url)
+
+
+def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run one statement in its own transaction and return its rows."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebServer:
+    """A real `python -m pipeline web` process on 127.0.0.1."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    env: dict[str, str]
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None,
+        headers: dict[str, str] | None = None, timeout: float = 30,
+    ) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            answer = conn.getresponse()
+            return Response(answer.status, dict(answer.getheaders()), answer.read())
+        finally:
+            conn.close()
+
+    def post_webhook(self, body: bytes, path: str = "/webhooks/evolution",
+                     headers: dict[str, str] | None = None) -> Response:
+        auth = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"} if headers is None else headers
+        return self.request("POST", path, body, {"Content-Type": "application/json", **auth})
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_web(database_url: str, **env: str) -> WebServer:
+    """Start the web service and wait until it answers /health (bounded)."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+        "WEBHOOK_JWT_SECRET": JWT_SECRET,
+        "WEB_CONCURRENCY": "1",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "web", "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    server = WebServer(process, port, full_env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"web exited with {process.returncode}")
+        try:
+            server.request("GET", "/health", timeout=2)
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError("web did not answer within 30 s")
+
+
+@pytest.fixture(scope="session")
+def web(database_url: str) -> Iterator[WebServer]:
+    server = start_web(database_url, MAX_BODY_BYTES="1048576")
+    yield server
+    server.stop()
+
+
+def with_instance(body: bytes, instance: str) -> bytes:
+    """The same webhook as if it came from another instance (keeps tests independent)."""
+    payload = json.loads(body)
+    target = payload["body"] if "body" in payload and "event" not in payload else payload
+    target["instance"] = instance
+    return json.dumps(payload).encode()

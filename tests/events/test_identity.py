@@ -1,0 +1,91 @@
+"""The dedupe identity: which deliveries are "the same webhook" (contract section 3)."""
+
+from __future__ import annotations
+
+import json
+
+from events.identity import dedupe_key
+from tests.conftest import fixture_bodies
+
+
+def _upsert(key_id: str, **envelope: str) -> dict:
+    return {"event": "messages.upsert", "instance": "a",
+            "data": {"key": {"id": key_id, "remoteJid": "1@s.whatsapp.net"}}, **envelope}
+
+
+def _key(body: dict) -> str:
+    return dedupe_key(body["instance"], body["event"], body["data"])
+
+
+def test_envelope_fields_never_take_part_in_the_identity() -> None:
+    first = _upsert("ABC", date_time="2025-01-01T00:00:00Z", destination="https://one")
+    again = _upsert("ABC", date_time="2025-01-01T00:09:00Z", destination="https://two",
+                    server_url="x", apikey="y", sender="z")
+    assert _key(first) == _key(again)
+
+
+def test_two_different_messages_have_two_identities() -> None:
+    assert _key(_upsert("ABC")) != _key(_upsert("ABD"))
+
+
+def test_the_same_message_id_on_two_instances_is_two_webhooks() -> None:
+    other = {**_upsert("ABC"), "instance": "b"}
+    assert _key(_upsert("ABC")) != _key(other)
+
+
+def test_send_message_and_upsert_of_one_id_are_separate_events() -> None:
+    send = {**_upsert("ABC"), "event": "send.message"}
+    assert _key(send) != _key(_upsert("ABC"))
+
+
+def test_status_updates_differ_by_status_and_participant_only() -> None:
+    def update(status: str, participant: str | None = None, when: str = "t1") -> str:
+        data = {"keyId": "K1", "status": status, "remoteJid": "x", "datetime": when}
+        if participant:
+            data["participant"] = participant
+        return dedupe_key("a", "messages.update", data)
+
+    assert update("READ", when="t1") == update("READ", when="t2")
+    assert update("READ") != update("DELIVERY_ACK")
+    assert update("READ", "p1@lid") != update("READ", "p2@lid")
+
+
+def test_edits_are_identified_by_target_type_and_timestamp() -> None:
+    def edit(kind: str, ts: str) -> str:
+        return dedupe_key("a", "messages.edited", {"key": {"id": "K"}, "type": kind,
+                                                   "timestampMs": ts})
+
+    assert edit("MESSAGE_EDIT", "1") == edit("MESSAGE_EDIT", "1")
+    assert edit("MESSAGE_EDIT", "1") != edit("MESSAGE_EDIT", "2")
+    assert edit("MESSAGE_EDIT", "1") != edit("REVOKE", "1")
+
+
+def test_deletes_accept_both_the_key_and_the_flat_id_shape() -> None:
+    from_key = dedupe_key("a", "messages.delete", {"key": {"id": "K"}, "id": "db-cuid"})
+    from_flat = dedupe_key("a", "messages.delete", {"id": "K", "remoteJid": "x"})
+    assert from_key == from_flat
+
+
+def test_2_3_6_long_objects_identify_like_their_decimal_strings() -> None:
+    long_ts = {"low": 1749766101, "high": 0, "unsigned": True}
+    as_object = dedupe_key("a", "messages.edited", {"key": {"id": "K"}, "type": "REVOKE",
+                                                    "timestampMs": long_ts})
+    as_string = dedupe_key("a", "messages.edited", {"key": {"id": "K"}, "type": "REVOKE",
+                                                    "timestampMs": "1749766101"})
+    assert as_object == as_string
+
+
+def test_other_events_are_identified_by_their_canonical_data() -> None:
+    a = dedupe_key("a", "connection.update", {"state": "open", "statusReason": 200})
+    b = dedupe_key("a", "connection.update", {"statusReason": 200, "state": "open"})
+    c = dedupe_key("a", "connection.update", {"state": "close", "statusReason": 401})
+    assert a == b != c
+
+
+def test_every_fixture_has_a_distinct_identity() -> None:
+    keys = set()
+    for body in fixture_bodies().values():
+        payload = json.loads(body)
+        payload = payload.get("body", payload) if "event" not in payload else payload
+        keys.add(dedupe_key(payload.get("instance") or "", payload["event"], payload.get("data")))
+    assert len(keys) == len(fixture_bodies())

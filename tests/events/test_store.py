@@ -1,0 +1,147 @@
+"""The event store against real PostgreSQL: idempotent appends, immutability, gap-safe reads."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+import pytest
+
+from events.pool import Pool
+from events.store import Cursor, EventStore
+from events.webhook import Webhook, parse_webhook
+from migrations.runner import applied_version, available, head, migrate
+from tests.conftest import BASE_URL, drop_database, sql
+
+pytestmark = pytest.mark.services
+
+
+def _webhook(key_id: str, instance: str = "store-test") -> Webhook:
+    body = {"event": "messages.upsert", "instance": instance,
+            "data": {"key": {"id": key_id}, "message": {"conversation": key_id}}}
+    return parse_webhook(json.dumps(body).encode())
+
+
+@pytest.fixture
+def store(fresh_database_url: str) -> EventStore:
+    return EventStore(Pool(fresh_database_url, size=16))
+
+
+def test_a_redelivery_returns_the_first_position_and_stores_nothing(store: EventStore) -> None:
+    [first] = store.append([_webhook("A")])
+    [again] = store.append([_webhook("A")])
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert again.position == first.position
+    assert store.head() == first.position
+
+
+def test_a_batch_answers_in_order_and_collapses_copies_within_it(store: EventStore) -> None:
+    answers = store.append([_webhook("A"), _webhook("B"), _webhook("A"), _webhook("C")])
+    assert [a.duplicate for a in answers] == [False, False, True, False]
+    assert answers[2].position == answers[0].position
+    assert answers[0].position < answers[1].position < answers[3].position
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE events SET type = 'x'",
+    "UPDATE events SET type = 'x' WHERE false",
+    "DELETE FROM events",
+    "TRUNCATE events",
+])
+def test_the_database_refuses_to_change_stored_events(
+    store: EventStore, fresh_database_url: str, statement: str
+) -> None:
+    store.append([_webhook("A")])
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        sql(fresh_database_url, statement)
+    assert sql(fresh_database_url, "SELECT count(*) FROM events") == [(1,)]
+
+
+def test_the_same_media_arriving_twice_is_stored_once(
+    store: EventStore, fresh_database_url: str
+) -> None:
+    import base64
+    import hashlib
+    import os
+
+    blob = os.urandom(200_000)
+    bodies = [{"event": "messages.upsert", "instance": "m", "data": {"key": {"id": key},
+               "message": {"imageMessage": {"mimetype": "image/png"},
+                           "base64": base64.b64encode(blob).decode()}}} for key in ("A", "B")]
+    store.append([parse_webhook(json.dumps(b).encode()) for b in bodies])
+
+    rows = sql(fresh_database_url, "SELECT sha256, size, mimetype, length(data) FROM attachments")
+    assert rows == [(hashlib.sha256(blob).hexdigest(), len(blob), "image/png", len(blob))]
+    sizes = sql(fresh_database_url, "SELECT pg_column_size(payload) FROM events")
+    assert all(size < 2_000 for (size,) in sizes)
+
+
+def test_a_reader_never_skips_an_event_whose_transaction_commits_late(
+    fresh_database_url: str,
+) -> None:
+    """Many appenders commit while an earlier-positioned transaction stays open for seconds."""
+    store = EventStore(Pool(fresh_database_url, size=16))
+    # given: a transaction holding an early position that commits 2 s later
+    slow = psycopg2.connect(fresh_database_url)
+    with slow.cursor() as cur:
+        cur.execute("INSERT INTO events (instance, type, dedupe_key, payload)"
+                    " VALUES ('gap', 'late', 'late-one', '{}') RETURNING position")
+        late_position = cur.fetchone()[0]
+    seen: list[tuple[Cursor, int]] = []
+    expected = 1 + 8 * 40
+    stop = threading.Event()
+
+    def read_forever() -> None:
+        cursor = Cursor()
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            for next_cursor, event in store.read_after(cursor, limit=7):
+                seen.append((next_cursor, event.position))
+                cursor = next_cursor
+            time.sleep(0.005)
+
+    def append_many(worker: int) -> None:
+        for i in range(40):
+            store.append([_webhook(f"w{worker}-{i}")])
+
+    reader = threading.Thread(target=read_forever)
+    reader.start()
+    # when: eight appenders commit 320 later events while the early one is still open
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(append_many, range(8)))
+    committed_after = sql(fresh_database_url, "SELECT count(*) FROM events")[0][0]
+    time.sleep(2)
+    slow.commit()
+    slow.close()
+    deadline = time.monotonic() + 20
+    while len(seen) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    reader.join()
+
+    # then: the race really happened, and the reader saw every event exactly once, in order
+    assert committed_after == expected - 1, "later events must commit before the early one"
+    positions = [position for _, position in seen]
+    assert len(positions) == expected, f"saw {len(positions)} of {expected} events"
+    assert sorted(positions) == sorted(set(positions)) and len(positions) == expected
+    assert late_position in positions
+    cursors = [cursor for cursor, _ in seen]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+
+
+def test_concurrent_migrations_apply_each_file_once() -> None:
+    url = BASE_URL.rstrip("/") + "/zapline_test_migrate_race"
+    drop_database(url)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: migrate(url, log=lambda _: None), range(4)))
+        assert sorted(len(r) for r in results) == [0, 0, 0, len(available())]
+        conn = psycopg2.connect(url)
+        assert applied_version(conn) == head()
+        conn.close()
+        assert migrate(url, log=lambda _: None) == []
+    finally:
+        drop_database(url)
