@@ -36,8 +36,9 @@ _CONTENT_EVENTS = frozenset({"messages.upsert", "send.message"})
 # send.message.update is an edit made through the API and carries the same protocolMessage.
 _EDIT_EVENTS = frozenset({"messages.edited", "send.message.update"})
 
-# Fields a second copy of a message (send.message echo vs messages.upsert) may fill in.
-_FILLABLE = ("chat_jid", "sender", "push_name", "timestamp", "quoted_key_id")
+# Fields a second copy of a message (send.message echo vs messages.upsert) may fill in. Only
+# missing ones: the first copy wins, so a late copy never overwrites an edited text.
+_FILLABLE = ("chat_jid", "sender", "push_name", "text", "caption", "timestamp", "quoted_key_id")
 
 
 @dataclass(frozen=True)
@@ -110,18 +111,17 @@ def _arrive(
             message, meta = _fold(message, meta, op)
         states[skey] = MessageState(message, meta, ())
         return [MessageChange("message.created", instance, key_id, message)]
-    merged = _merge(old.message, new, edited="edit" in old.meta)
+    merged = _merge(old.message, new)
     if merged is old.message:
         return []
     states[skey] = MessageState(merged, old.meta, old.held)
     return [MessageChange("message.updated", instance, key_id, merged)]
 
 
-def _merge(old: dict[str, Any], new: dict[str, Any], *, edited: bool) -> dict[str, Any]:
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Fill what `old` lacks from another copy of the same message; keep the higher status."""
     out: dict[str, Any] | None = None
-    fillable = _FILLABLE if edited else (*_FILLABLE, "text", "caption")
-    for name in fillable:
+    for name in _FILLABLE:
         if old[name] is None and new[name] is not None:
             out = out if out is not None else dict(old)
             out[name] = new[name]

@@ -1,0 +1,203 @@
+"""Chats projection: message changes and naming events -> one public chat per JID. Pure.
+
+- Last message: the message with the greatest `timestamp` seen; an older message arriving
+  late does not replace it, an edit or delete of the current last message refreshes the
+  preview. In the same second, the message created later wins.
+- Unread count: incoming (not from_me) messages newer than the latest outgoing message.
+  Each message counts once, when it is created ("message.updated" never counts). An outgoing
+  message resets the count to the incoming messages newer than itself, which is 0 unless it
+  arrived late; those are found in a window of the last 50 counted incoming messages, so a
+  very late outgoing message after more than 50 newer incoming ones leaves at most 50.
+- Name: a chats/contacts/groups event that names the chat wins, the last one applied; until
+  one does, a direct chat takes the push name of its newest incoming message. Groups never
+  take push names (those name the participant, not the group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from events.event import Event
+from projections import payload as p
+from projections.messages import MessageChange
+
+PREVIEW_LENGTH = 100
+_UNREAD_WINDOW = 50
+
+_CHAT_EVENTS = frozenset({"chats.upsert", "chats.update"})
+_CONTACT_EVENTS = frozenset({"contacts.upsert", "contacts.update"})
+# groups.update is not delivered by 2.3.6's webhook (an event-name mismatch) but has the
+# same shape as groups.upsert, so it is read the same way should it ever arrive.
+_GROUP_EVENTS = frozenset({"groups.upsert", "groups.update"})
+
+
+@dataclass(frozen=True)
+class ChatState:
+    """The public chat and the bookkeeping needed to keep it right out of order."""
+
+    chat: dict[str, Any]
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChatChange:
+    """A chat as it is after one change."""
+
+    kind: str
+    instance: str
+    chat_jid: str
+    chat: dict[str, Any]
+
+
+def targets(event: Event) -> list[str]:
+    """Return the chat JIDs whose names this event sets; [] for any other event."""
+    return [jid for jid, _name in _names(event)]
+
+
+def apply_event(chats: dict[tuple[str, str], ChatState], event: Event) -> list[ChatChange]:
+    """Apply the chat names a chats/contacts/groups event carries."""
+    changes: list[ChatChange] = []
+    for jid, name in _names(event):
+        key = (event.instance, jid)
+        old = chats.get(key)
+        chat = old.chat if old is not None else _new_chat(event.instance, jid)
+        meta = old.meta if old is not None else {}
+        if chat["name"] != name:
+            chat = {**chat, "name": name}
+        if not meta.get("named"):
+            meta = {**meta, "named": True}
+        if old is not None and chat is old.chat and meta is old.meta:
+            continue
+        chats[key] = ChatState(chat, meta)
+        if old is None or chat != old.chat:
+            changes.append(ChatChange("chat.updated", event.instance, jid, chat))
+    return changes
+
+
+def apply_message(
+    chats: dict[tuple[str, str], ChatState], change: MessageChange
+) -> list[ChatChange]:
+    """Fold one message change into its chat: last message, unread count, push name."""
+    message = change.message
+    jid = message["chat_jid"]
+    if not jid:
+        return []
+    key = (change.instance, jid)
+    old = chats.get(key)
+    chat = dict(old.chat) if old is not None else _new_chat(change.instance, jid)
+    meta = dict(old.meta) if old is not None else {}
+    created = change.kind == "message.created"
+    ts = message["timestamp"]
+
+    if message["key_id"] == chat["last_message_key_id"] or _is_newer(
+        ts, chat["last_message_at"], created
+    ):
+        chat["last_message_at"] = ts
+        chat["last_message_key_id"] = message["key_id"]
+        chat["last_message_preview"] = preview(message)
+
+    if created and message["from_me"]:
+        _count_outgoing(chat, meta, ts)
+    elif created:
+        _count_incoming(chat, meta, ts, message["key_id"])
+
+    push_name = message["push_name"]
+    if (
+        push_name
+        and not message["from_me"]
+        and not chat["is_group"]
+        and not meta.get("named")
+        and (ts or "") >= meta.get("push_at", "")
+    ):
+        chat["name"] = push_name
+        meta["push_at"] = ts or ""
+
+    if old is not None and chat == old.chat and meta == old.meta:
+        return []
+    chats[key] = ChatState(chat, meta)
+    if old is not None and chat == old.chat:
+        return []
+    return [ChatChange("chat.updated", change.instance, jid, chat)]
+
+
+def preview(message: dict[str, Any]) -> str:
+    """Return the one-line preview of a message: its text, caption, or "[type]"."""
+    if message["deleted"]:
+        return "[deleted]"
+    text = message["text"] or message["caption"] or f"[{message['type']}]"
+    if len(text) > PREVIEW_LENGTH:
+        return text[: PREVIEW_LENGTH - 1] + "…"
+    return text
+
+
+def _is_newer(ts: str | None, last: str | None, created: bool) -> bool:
+    if last is None:
+        return True
+    if ts is None:
+        return False
+    # Same-format ISO strings ("YYYY-MM-DDTHH:MM:SSZ") compare like the times they name.
+    return ts > last or (created and ts == last)
+
+
+def _count_outgoing(chat: dict[str, Any], meta: dict[str, Any], ts: str | None) -> None:
+    last_out = meta.get("last_out_at")
+    if ts is not None and last_out is not None and ts <= last_out:
+        return  # an older reply arriving late: the newer one already decided the count
+    if ts is not None:
+        meta["last_out_at"] = ts
+    window = [entry for entry in meta.get("unread", []) if ts is not None and entry[0] > ts]
+    meta["unread"] = window
+    chat["unread_count"] = len(window)
+
+
+def _count_incoming(
+    chat: dict[str, Any], meta: dict[str, Any], ts: str | None, key_id: str
+) -> None:
+    last_out = meta.get("last_out_at")
+    if ts is not None and last_out is not None and ts <= last_out:
+        return  # older than our latest reply: already seen when we answered
+    window: list[list[str]] = meta.get("unread", [])
+    if any(entry[1] == key_id for entry in window):
+        return
+    # Unknown time sorts oldest, so the next reply clears it.
+    window = sorted([*window, [ts or "", key_id]])[-_UNREAD_WINDOW:]
+    meta["unread"] = window
+    chat["unread_count"] = chat["unread_count"] + 1
+
+
+def _new_chat(instance: str, jid: str) -> dict[str, Any]:
+    return {
+        "instance": instance,
+        "chat_jid": jid,
+        "name": None,
+        "is_group": jid.endswith("@g.us"),
+        "last_message_at": None,
+        "last_message_preview": None,
+        "last_message_key_id": None,
+        "unread_count": 0,
+    }
+
+
+def _names(event: Event) -> list[tuple[str, str]]:
+    """Return the (chat JID, name) pairs an event sets, skipping entries without a name."""
+    if event.type in _CHAT_EVENTS:
+        jid_field, name_field = "remoteJid", "name"
+    elif event.type in _CONTACT_EVENTS:
+        jid_field, name_field = "remoteJid", "pushName"
+    elif event.type in _GROUP_EVENTS:
+        jid_field, name_field = "id", "subject"
+    else:
+        return []
+    data = event.payload.get("data")
+    # contacts.update comes as a single object after each message (research notes 3.4).
+    entries = data if isinstance(data, list) else [data]
+    names: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        jid = p.normalize_jid(entry.get(jid_field))
+        name = entry.get(name_field)
+        if jid and isinstance(name, str) and name.strip():
+            names[jid] = name
+    return list(names.items())
