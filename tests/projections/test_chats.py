@@ -322,3 +322,25 @@ def test_real_captures_in_file_order_give_each_chat_its_newest_message_and_unrea
     )
     group = chat_of(states, "120363420497664775@g.us", "My Phone")
     assert (group["name"], group["is_group"], group["last_message_preview"]) == (None, True, "Done")
+
+
+def test_applying_every_event_twice_gives_the_same_chats_and_no_extra_changes() -> None:
+    log = [
+        *(fixture_event(name) for name in fixture_names("messages.", "send.", "contacts.")),
+        upsert("I1", ts=T0),
+        upsert("O1", from_me=True, ts=T0 + 5),
+        upsert("I2", ts=T0 + 9),
+        edit("I2", "edited", ts_ms=T0 * 1000 + 9_500),
+        envelope("chats.upsert", [{"remoteJid": CHAT, "name": "Ana"}]),
+    ]
+    once, once_changes = project(log)
+
+    twice: Chats = {}
+    message_states: dict = {}
+    twice_changes = []
+    for item in log:
+        twice_changes.extend(project([item], twice, message_states)[1])
+        assert project([item], twice, message_states)[1] == []
+
+    assert twice == once
+    assert twice_changes == once_changes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 
 import pytest
@@ -581,3 +582,25 @@ def test_apply_never_mutates_the_states_it_was_given() -> None:
 
     assert all(originals[key] == frozen[key] for key in frozen)
     assert isinstance(states[(INSTANCE, "K9")], MessageState)
+
+
+def test_states_survive_a_json_round_trip_as_the_runner_stores_them() -> None:
+    log = _mixed_log()
+    states, _ = run(log[: len(log) // 2])
+    stored = {
+        key: json.loads(json.dumps([s.message, s.meta, list(s.held)])) for key, s in states.items()
+    }
+    loaded = {key: MessageState(m, meta, tuple(held)) for key, (m, meta, held) in stored.items()}
+
+    assert loaded == states
+    rest = log[len(log) // 2 :]
+    assert run(rest, loaded) == run(rest, states)
+
+
+def test_apply_touches_only_the_keys_targets_names() -> None:
+    states: dict = {}
+    for item in _mixed_log():
+        before = dict(states)
+        messages.apply(states, item)
+        touched = {key for key in states if before.get(key) is not states[key]}
+        assert touched <= {(item.instance, key_id) for key_id in messages.targets(item)}
