@@ -33,3 +33,5 @@ def configure(level: int = logging.INFO) -> None:
     root.setLevel(level)
     # pika logs every connection step at INFO, including the URLs it dials.
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # gevent-websocket logs an access line with the query string, where `?token=` lives.
+    logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)

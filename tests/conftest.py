@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "evolution"
 BASE_URL = os.environ.get("ZAPLINE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/")
 WEBHOOK_TOKEN = "test-webhook-token"
-JWT_SECRET = "test-jwt-secret"
+JWT_SECRET = "test-jwt-secret-of-a-proper-length-32b"
 
 
 def fixture_bodies() -> dict[str, bytes]:
@@ -92,19 +92,25 @@ class WebServer:
     env: dict[str, str]
 
     def request(
-        self, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None, timeout: float = 30,
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
     ) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             answer = conn.getresponse()
-            return Response(answer.status, dict(answer.getheaders()), answer.read())
+            headers = {k.lower(): v for k, v in answer.getheaders()}
+            return Response(answer.status, headers, answer.read())
         finally:
             conn.close()
 
-    def post_webhook(self, body: bytes, path: str = "/webhooks/evolution",
-                     headers: dict[str, str] | None = None) -> Response:
+    def post_webhook(
+        self, body: bytes, path: str = "/webhooks/evolution", headers: dict[str, str] | None = None
+    ) -> Response:
         auth = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"} if headers is None else headers
         return self.request("POST", path, body, {"Content-Type": "application/json", **auth})
 
@@ -131,7 +137,10 @@ def start_web(database_url: str, **env: str) -> WebServer:
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "web", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     server = WebServer(process, port, full_env)
     deadline = time.monotonic() + 30

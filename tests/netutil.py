@@ -26,7 +26,7 @@ class Blackhole:
             self._held.append(conn)
 
     def close(self) -> None:
-        self._server.close()
+        _close_listener(self._server)
         for conn in self._held:
             conn.close()
 
@@ -61,7 +61,7 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Stop listening and drop every forwarded connection."""
-        self._server.close()
+        _close_listener(self._server)
         with self._lock:
             for conn in self._conns:
                 try:
@@ -95,6 +95,15 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _close_listener(server: socket.socket) -> None:
+    # close() alone leaves the port bound while another thread sits in accept().
+    try:
+        server.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    server.close()
 
 
 def free_port() -> int:

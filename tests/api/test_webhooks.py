@@ -1,0 +1,247 @@
+"""POST /webhooks/evolution through a real gunicorn process and real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import jwt
+import pytest
+
+from tests.conftest import (
+    JWT_SECRET,
+    WEBHOOK_TOKEN,
+    WebServer,
+    fixture_bodies,
+    sql,
+    start_web,
+    with_instance,
+)
+from tests.netutil import TcpProxy
+
+pytestmark = pytest.mark.services
+
+
+def _count(url: str, instance: str) -> int:
+    return sql(url, "SELECT count(*) FROM events WHERE instance = %s", (instance,))[0][0]
+
+
+def _text_message(instance: str, key_id: str) -> bytes:
+    return json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": instance,
+            "data": {
+                "key": {"id": key_id, "remoteJid": "5511@s.whatsapp.net", "fromMe": False},
+                "message": {"conversation": "hi"},
+                "messageTimestamp": 1764460800,
+            },
+        }
+    ).encode()
+
+
+def test_every_fixture_is_stored_once_and_reposting_stores_nothing(
+    web: WebServer, database_url: str
+) -> None:
+    instance = "fx-" + uuid.uuid4().hex[:8]
+    bodies = [with_instance(body, instance) for body in fixture_bodies().values()]
+
+    first = [web.post_webhook(body) for body in bodies]
+    again = [web.post_webhook(body) for body in bodies]
+
+    assert [r.status for r in first + again] == [200] * (2 * len(bodies))
+    assert not any(r.json()["duplicate"] for r in first)
+    assert all(r.json()["duplicate"] for r in again)
+    assert [r.json()["position"] for r in again] == [r.json()["position"] for r in first]
+    assert _count(database_url, instance) == len(bodies)
+
+
+def test_a_redelivery_with_new_envelope_fields_is_a_duplicate(
+    web: WebServer, database_url: str
+) -> None:
+    instance = "env-" + uuid.uuid4().hex[:8]
+    body = json.loads(
+        with_instance(fixture_bodies()["messages.upsert__conversation__1.json"], instance)
+    )
+    first = web.post_webhook(json.dumps(body).encode()).json()
+    body.update(date_time="2030-01-01T00:00:00.000Z", destination="https://elsewhere/x")
+    again = web.post_webhook(json.dumps(body).encode()).json()
+    assert again == {"position": first["position"], "duplicate": True}
+    assert _count(database_url, instance) == 1
+
+
+def test_concurrent_redeliveries_of_one_webhook_store_it_once(
+    web: WebServer, database_url: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    instance = "race-" + uuid.uuid4().hex[:8]
+    body = _text_message(instance, "SAME")
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: web.post_webhook(body), range(32)))
+    assert {a.status for a in answers} == {200}
+    assert len({a.json()["position"] for a in answers}) == 1
+    assert sum(not a.json()["duplicate"] for a in answers) == 1
+    assert _count(database_url, instance) == 1
+
+
+@pytest.mark.parametrize("how", ["bearer", "header", "query", "jwt", "suffix-path"])
+def test_each_accepted_credential_form_stores_the_webhook(
+    web: WebServer, database_url: str, how: str
+) -> None:
+    instance = f"auth-{how}-" + uuid.uuid4().hex[:6]
+    body = _text_message(instance, "K1")
+    token = jwt.encode(
+        {
+            "exp": int(time.time()) + 600,
+            "iat": int(time.time()),
+            "app": "evolution",
+            "action": "webhook",
+        },
+        JWT_SECRET,
+        algorithm="HS256",
+    )
+    path, headers = {
+        "bearer": ("/webhooks/evolution", {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}),
+        "header": ("/webhooks/evolution", {"X-Webhook-Token": WEBHOOK_TOKEN}),
+        "query": (f"/webhooks/evolution?token={WEBHOOK_TOKEN}", {}),
+        "jwt": ("/webhooks/evolution", {"Authorization": f"Bearer {token}"}),
+        "suffix-path": (
+            "/webhooks/evolution/messages-upsert",
+            {"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
+        ),
+    }[how]
+    assert web.post_webhook(body, path, headers).status == 200
+    assert _count(database_url, instance) == 1
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "none",
+        "wrong-bearer",
+        "wrong-header",
+        "wrong-query",
+        "expired-jwt",
+        "jwt-wrong-secret",
+        "jwt-none-alg",
+    ],
+)
+def test_missing_or_wrong_credentials_get_401_and_store_nothing(
+    web: WebServer, database_url: str, how: str
+) -> None:
+    instance = f"noauth-{how}-" + uuid.uuid4().hex[:6]
+    now = int(time.time())
+    expired = jwt.encode({"exp": now - 120, "iat": now - 720}, JWT_SECRET, algorithm="HS256")
+    wrong = jwt.encode(
+        {"exp": now + 600}, "another-secret-of-a-proper-length-32b", algorithm="HS256"
+    )
+    unsigned = jwt.encode({"exp": now + 600}, None, algorithm="none")
+    path, headers = {
+        "none": ("/webhooks/evolution", {}),
+        "wrong-bearer": ("/webhooks/evolution", {"Authorization": "Bearer nope"}),
+        "wrong-header": ("/webhooks/evolution", {"X-Webhook-Token": WEBHOOK_TOKEN + "x"}),
+        "wrong-query": ("/webhooks/evolution?token=nope", {}),
+        "expired-jwt": ("/webhooks/evolution", {"Authorization": f"Bearer {expired}"}),
+        "jwt-wrong-secret": ("/webhooks/evolution", {"Authorization": f"Bearer {wrong}"}),
+        "jwt-none-alg": ("/webhooks/evolution", {"Authorization": f"Bearer {unsigned}"}),
+    }[how]
+    answer = web.post_webhook(_text_message(instance, "K1"), path, headers)
+    assert answer.status == 401
+    assert WEBHOOK_TOKEN not in answer.body.decode()
+    assert _count(database_url, instance) == 0
+
+
+def test_a_body_over_the_limit_gets_413_and_stores_nothing(
+    web: WebServer, database_url: str
+) -> None:
+    instance = "big-" + uuid.uuid4().hex[:6]
+    body = json.loads(_text_message(instance, "BIG"))
+    body["data"]["message"]["conversation"] = "x" * 1_100_000  # the test server allows 1 MiB
+    assert web.post_webhook(json.dumps(body).encode()).status == 413
+    assert _count(database_url, instance) == 0
+
+
+def test_a_body_that_is_not_a_webhook_gets_400_and_is_quarantined(
+    web: WebServer, database_url: str
+) -> None:
+    body = b'{"not": "a webhook", "marker": "' + uuid.uuid4().hex.encode() + b'"}'
+    answer = web.post_webhook(body)
+    assert answer.status == 400
+    quarantined = sql(
+        database_url, "SELECT body FROM quarantine WHERE id = %s", (answer.json()["quarantine_id"],)
+    )
+    assert bytes(quarantined[0][0]) == body
+
+
+def test_the_database_going_away_gives_503_with_retry_after_then_recovers(
+    database_url: str,
+) -> None:
+    # given: a web service whose database connection runs through a proxy we can cut
+    proxy = TcpProxy(5432)
+    proxied_url = database_url.replace(":5432/", f":{proxy.port}/")
+    server = start_web(proxied_url)
+    instance = "dbdown-" + uuid.uuid4().hex[:6]
+    try:
+        assert server.post_webhook(_text_message(instance, "before")).status == 200
+        # when: the database is unreachable
+        proxy.cut()
+        down = server.post_webhook(_text_message(instance, "during"))
+        # then: 503 with Retry-After, and once it is back the same webhook is stored once
+        assert down.status == 503
+        assert int(down.headers["retry-after"]) > 0
+        proxy = proxy.restore()
+        retried = server.post_webhook(_text_message(instance, "during"))
+        assert retried.status == 200
+        assert _count(database_url, instance) == 2
+    finally:
+        server.stop()
+        proxy.cut()
+
+
+def test_every_request_is_logged_as_one_json_line_without_secrets(database_url: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, WebServer as Server
+    from tests.netutil import free_port
+
+    port = free_port()
+    env = {
+        **__import__("os").environ,
+        "DATABASE_URL": database_url,
+        "WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+        "WEB_CONCURRENCY": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "web", "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Server(process, port, env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                server.request("GET", "/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        instance = "log-" + uuid.uuid4().hex[:6]
+        server.post_webhook(
+            _text_message(instance, "L1"), f"/webhooks/evolution?token={WEBHOOK_TOKEN}", {}
+        )
+    finally:
+        server.stop()
+    lines = [
+        json.loads(line)
+        for line in process.stdout.read().decode().splitlines()
+        if line.startswith("{")
+    ]
+    posts = [line for line in lines if line.get("method") == "POST"]
+    assert len(posts) == 1 and posts[0]["status"] == 200 and posts[0]["request_id"]
+    assert posts[0]["path"] == "/webhooks/evolution"
+    assert all(WEBHOOK_TOKEN not in json.dumps(line) for line in lines)
