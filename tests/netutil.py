@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -64,10 +65,8 @@ class TcpProxy:
         _close_listener(self._server)
         with self._lock:
             for conn in self._conns:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 conn.close()
             self._conns.clear()
 
@@ -91,18 +90,14 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
         pass
     finally:
         for s in (source, sink):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def _close_listener(server: socket.socket) -> None:
     # close() alone leaves the port bound while another thread sits in accept().
-    try:
+    with contextlib.suppress(OSError):
         server.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     server.close()
 
 

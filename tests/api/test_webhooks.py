@@ -204,7 +204,8 @@ def test_every_request_is_logged_as_one_json_line_without_secrets(database_url: 
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, WebServer as Server
+    from tests.conftest import ROOT
+    from tests.conftest import WebServer as Server
     from tests.netutil import free_port
 
     port = free_port()

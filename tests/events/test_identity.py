@@ -9,8 +9,12 @@ from tests.conftest import fixture_bodies
 
 
 def _upsert(key_id: str, **envelope: str) -> dict:
-    return {"event": "messages.upsert", "instance": "a",
-            "data": {"key": {"id": key_id, "remoteJid": "1@s.whatsapp.net"}}, **envelope}
+    return {
+        "event": "messages.upsert",
+        "instance": "a",
+        "data": {"key": {"id": key_id, "remoteJid": "1@s.whatsapp.net"}},
+        **envelope,
+    }
 
 
 def _key(body: dict) -> str:
@@ -19,8 +23,14 @@ def _key(body: dict) -> str:
 
 def test_envelope_fields_never_take_part_in_the_identity() -> None:
     first = _upsert("ABC", date_time="2025-01-01T00:00:00Z", destination="https://one")
-    again = _upsert("ABC", date_time="2025-01-01T00:09:00Z", destination="https://two",
-                    server_url="x", apikey="y", sender="z")
+    again = _upsert(
+        "ABC",
+        date_time="2025-01-01T00:09:00Z",
+        destination="https://two",
+        server_url="x",
+        apikey="y",
+        sender="z",
+    )
     assert _key(first) == _key(again)
 
 
@@ -52,8 +62,9 @@ def test_status_updates_differ_by_status_and_participant_only() -> None:
 
 def test_edits_are_identified_by_target_type_and_timestamp() -> None:
     def edit(kind: str, ts: str) -> str:
-        return dedupe_key("a", "messages.edited", {"key": {"id": "K"}, "type": kind,
-                                                   "timestampMs": ts})
+        return dedupe_key(
+            "a", "messages.edited", {"key": {"id": "K"}, "type": kind, "timestampMs": ts}
+        )
 
     assert edit("MESSAGE_EDIT", "1") == edit("MESSAGE_EDIT", "1")
     assert edit("MESSAGE_EDIT", "1") != edit("MESSAGE_EDIT", "2")
@@ -68,10 +79,12 @@ def test_deletes_accept_both_the_key_and_the_flat_id_shape() -> None:
 
 def test_2_3_6_long_objects_identify_like_their_decimal_strings() -> None:
     long_ts = {"low": 1749766101, "high": 0, "unsigned": True}
-    as_object = dedupe_key("a", "messages.edited", {"key": {"id": "K"}, "type": "REVOKE",
-                                                    "timestampMs": long_ts})
-    as_string = dedupe_key("a", "messages.edited", {"key": {"id": "K"}, "type": "REVOKE",
-                                                    "timestampMs": "1749766101"})
+    as_object = dedupe_key(
+        "a", "messages.edited", {"key": {"id": "K"}, "type": "REVOKE", "timestampMs": long_ts}
+    )
+    as_string = dedupe_key(
+        "a", "messages.edited", {"key": {"id": "K"}, "type": "REVOKE", "timestampMs": "1749766101"}
+    )
     assert as_object == as_string
 
 

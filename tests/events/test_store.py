@@ -20,8 +20,11 @@ pytestmark = pytest.mark.services
 
 
 def _webhook(key_id: str, instance: str = "store-test") -> Webhook:
-    body = {"event": "messages.upsert", "instance": instance,
-            "data": {"key": {"id": key_id}, "message": {"conversation": key_id}}}
+    body = {
+        "event": "messages.upsert",
+        "instance": instance,
+        "data": {"key": {"id": key_id}, "message": {"conversation": key_id}},
+    }
     return parse_webhook(json.dumps(body).encode())
 
 
@@ -45,12 +48,15 @@ def test_a_batch_answers_in_order_and_collapses_copies_within_it(store: EventSto
     assert answers[0].position < answers[1].position < answers[3].position
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE events SET type = 'x'",
-    "UPDATE events SET type = 'x' WHERE false",
-    "DELETE FROM events",
-    "TRUNCATE events",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE events SET type = 'x'",
+        "UPDATE events SET type = 'x' WHERE false",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ],
+)
 def test_the_database_refuses_to_change_stored_events(
     store: EventStore, fresh_database_url: str, statement: str
 ) -> None:
@@ -68,9 +74,20 @@ def test_the_same_media_arriving_twice_is_stored_once(
     import os
 
     blob = os.urandom(200_000)
-    bodies = [{"event": "messages.upsert", "instance": "m", "data": {"key": {"id": key},
-               "message": {"imageMessage": {"mimetype": "image/png"},
-                           "base64": base64.b64encode(blob).decode()}}} for key in ("A", "B")]
+    bodies = [
+        {
+            "event": "messages.upsert",
+            "instance": "m",
+            "data": {
+                "key": {"id": key},
+                "message": {
+                    "imageMessage": {"mimetype": "image/png"},
+                    "base64": base64.b64encode(blob).decode(),
+                },
+            },
+        }
+        for key in ("A", "B")
+    ]
     store.append([parse_webhook(json.dumps(b).encode()) for b in bodies])
 
     rows = sql(fresh_database_url, "SELECT sha256, size, mimetype, length(data) FROM attachments")
@@ -87,8 +104,10 @@ def test_a_reader_never_skips_an_event_whose_transaction_commits_late(
     # given: a transaction holding an early position that commits 2 s later
     slow = psycopg2.connect(fresh_database_url)
     with slow.cursor() as cur:
-        cur.execute("INSERT INTO events (instance, type, dedupe_key, payload)"
-                    " VALUES ('gap', 'late', 'late-one', '{}') RETURNING position")
+        cur.execute(
+            "INSERT INTO events (instance, type, dedupe_key, payload)"
+            " VALUES ('gap', 'late', 'late-one', '{}') RETURNING position"
+        )
         late_position = cur.fetchone()[0]
     seen: list[tuple[Cursor, int]] = []
     expected = 1 + 8 * 40

@@ -28,8 +28,15 @@ def test_an_n8n_wrapped_body_is_stored_as_the_inner_webhook() -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b"not json", b"[1, 2]", b'{"instance": "a"}', b'{"event": 5}', b'{"event": ""}',
-             b"\xff\xfe\x00garbage"],
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"instance": "a"}',
+        b'{"event": 5}',
+        b'{"event": ""}',
+        b"\xff\xfe\x00garbage",
+    ],
 )
 def test_a_body_that_is_not_an_object_with_a_string_event_is_refused(body: bytes) -> None:
     with pytest.raises(BadWebhook):
@@ -49,15 +56,26 @@ def test_inline_base64_is_replaced_by_a_reference_to_its_bytes() -> None:
     webhook = parse_webhook(json.dumps(body).encode())
 
     ref = json.loads(webhook.payload_json)["data"]["message"]["base64"]
-    assert ref == {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob),
-                   "mimetype": "image/jpeg"}
+    assert ref == {
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "size": len(blob),
+        "mimetype": "image/jpeg",
+    }
     assert webhook.attachment is not None and webhook.attachment.data == blob
     assert len(webhook.payload_json) < 10_000
 
 
 def test_a_data_url_gives_its_own_mimetype() -> None:
-    body = {"event": "send.message", "instance": "a", "data": {"key": {"id": "K"}, "message": {
-        "base64": "data:image/png;base64," + base64.b64encode(b"\x89PNG....").decode()}}}
+    body = {
+        "event": "send.message",
+        "instance": "a",
+        "data": {
+            "key": {"id": "K"},
+            "message": {
+                "base64": "data:image/png;base64," + base64.b64encode(b"\x89PNG....").decode()
+            },
+        },
+    }
     webhook = parse_webhook(json.dumps(body).encode())
     assert webhook.attachment is not None and webhook.attachment.mimetype == "image/png"
 
