@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -16,11 +17,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     web = commands.add_parser("web", help="run the web service (gunicorn, 0.0.0.0:$PORT)")
     web.add_argument("--bind", help="override the listen address, e.g. 127.0.0.1:8001")
+    commands.add_parser("worker", help="run the worker service (Dramatiq, all actors)")
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("dev", help="run everything locally in the foreground (make run)")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "web": _web,
+        "worker": _worker,
         "migrate": _migrate,
         "dev": _dev,
     }
@@ -39,6 +42,26 @@ def _web(args: argparse.Namespace, settings: Settings) -> int:
 
     serve(settings, args.bind)
     return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.worker import SHUTDOWN_TIMEOUT_MS
+
+    # exec: dramatiq's main process becomes ours, so Railway's SIGTERM reaches it directly.
+    command = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "pipeline.actors",
+        "--processes",
+        str(settings.worker_processes),
+        "--threads",
+        str(settings.worker_threads),
+        "--worker-shutdown-timeout",
+        str(SHUTDOWN_TIMEOUT_MS),
+    ]
+    os.execv(sys.executable, command)
+    return 1  # not reached
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -18,6 +18,8 @@ DEFAULTS = {
     "MEDIA_DIR": "./var/media",
     "WEB_CONCURRENCY": "2",
     "WEB_WORKER_CONNECTIONS": "10000",
+    "WORKER_PROCESSES": "1",
+    "WORKER_THREADS": "8",
 }
 REQUIRED_IN_PRODUCTION = ("WEBHOOK_TOKEN", "API_TOKENS", "ADMIN_TOKEN")
 
@@ -44,6 +46,8 @@ class Settings:
     evolution_api_key: str | None = None
     web_concurrency: int = 2
     web_worker_connections: int = 10000
+    worker_processes: int = 1
+    worker_threads: int = 8
     production: bool = False
 
     @classmethod
@@ -99,6 +103,8 @@ class Settings:
             evolution_api_key=get("EVOLUTION_API_KEY"),
             web_concurrency=number("WEB_CONCURRENCY", 1, 64),
             web_worker_connections=number("WEB_WORKER_CONNECTIONS", 10, 100_000),
+            worker_processes=number("WORKER_PROCESSES", 1, 64),
+            worker_threads=number("WORKER_THREADS", 1, 256),
             production=production,
         )
         if problems:

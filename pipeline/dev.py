@@ -15,8 +15,8 @@ from pipeline.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DEV_ENV = ROOT / "var" / "dev.env"
 FIXTURE = "messages.upsert__conversation__1.json"
-# Each child: its name and command line. The worker joins when it exists.
-CHILDREN = {"web": ["web"]}
+# Each child: its name and `python -m pipeline` arguments.
+CHILDREN = {"web": ["web"], "worker": ["worker"]}
 
 
 def run(settings: Settings) -> int:

@@ -1,0 +1,138 @@
+"""The worker process's lifetime: the projector thread, heartbeats, graceful shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import dramatiq
+
+from events.pool import Pool
+from events.store import Cursor
+from pipeline import heartbeat, logs, probes
+from pipeline.config import Settings
+from projections import runner
+
+log = logging.getLogger("zapline.worker")
+
+# Without any wake-up, a new event is projected within this many seconds.
+POLL_SECONDS = 2.0
+PRUNE_EVERY_SECONDS = 600.0
+# On SIGTERM dramatiq waits this long for running actors, then the projector gets
+# STOP_SECONDS to finish its batch; a batch is one transaction, so an exit mid-way rolls it
+# back. Railway's drainingSeconds for the worker (railway.worker.json) must exceed the sum.
+SHUTDOWN_TIMEOUT_MS = 15_000
+STOP_SECONDS = 10.0
+
+
+class Projector:
+    """Catches the projection up in a thread of its own, on wake-up and every POLL_SECONDS."""
+
+    def __init__(self, settings: Settings, worker_id: str) -> None:
+        self._pool = Pool(settings.database_url, size=2)
+        self._redis = probes.redis_client(settings.redis_url)
+        self._worker_id = worker_id
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zapline-projector", daemon=True)
+        self._last_beat = 0.0
+        self._last_prune = 0.0
+        self.checkpoint = Cursor()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Ask for a catch-up now."""
+        self._wake.set()
+
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Finish the batch in progress, then stop."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        with contextlib.suppress(Exception):  # Redis may be gone; the key expires anyway
+            heartbeat.forget(self._redis, self._worker_id)
+        self._pool.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._beat(force=True)
+            try:
+                with self._pool.connection() as conn:
+                    runner.catch_up(
+                        conn, should_stop=self._stop.is_set, after_commit=self._after_commit
+                    )
+                    self._prune(conn)
+            except Exception:
+                log.exception("catch-up failed; retrying")
+                self._stop.wait(1.0)
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
+
+    def _after_commit(self, batch: runner.Batch) -> None:
+        self.checkpoint = batch.cursor
+        self._beat()
+
+    def _prune(self, conn: Any) -> None:
+        if time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
+            self._last_prune = time.monotonic()
+            removed = runner.prune_feed(conn)
+            if removed:
+                log.info("pruned feed", extra={"fields": {"rows": removed}})
+
+    def _beat(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_beat < POLL_SECONDS:
+            return
+        self._last_beat = time.monotonic()
+        info = {
+            "id": self._worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "checkpoint": self.checkpoint.position,
+        }
+        try:
+            heartbeat.beat(self._redis, self._worker_id, info)
+        except Exception as error:  # Redis down: the worker goes on; readiness will say so
+            log.warning("heartbeat failed", extra={"fields": {"error": type(error).__name__}})
+
+
+class Runtime:
+    """What one worker process holds."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.projector = Projector(
+            settings, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+
+
+_RUNTIME: Runtime | None = None
+
+
+def runtime() -> Runtime | None:
+    """This process's runtime, once the worker has booted."""
+    return _RUNTIME
+
+
+class WorkerRuntime(dramatiq.Middleware):
+    """Starts the projector when a worker process boots and stops it on shutdown."""
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        global _RUNTIME
+        logs.configure()
+        _RUNTIME = Runtime(Settings.from_env())
+        _RUNTIME.projector.start()
+        _RUNTIME.projector.wake()  # catch up at start (design.md invariant 6)
+        log.info("worker started", extra={"fields": {"pid": os.getpid()}})
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if _RUNTIME is not None:
+            _RUNTIME.projector.stop()
+            log.info("projector stopped", extra={"fields": {"pid": os.getpid()}})

@@ -1,0 +1,417 @@
+"""The projection runner: read events after the checkpoint, apply them, write rows + feed +
+checkpoint in one transaction (design.md invariants 4, 5 and 9).
+
+Only one runner per projection writes at a time: each batch transaction takes the
+projection's advisory lock first, so two workers never apply the same events concurrently,
+and a crash or SIGKILL anywhere rolls the whole batch back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2.extras
+
+from events.event import Event
+from events.store import Cursor, read_after
+from projections import chats, messages
+from projections.chats import ChatState
+from projections.messages import MessageState
+
+log = logging.getLogger("zapline.runner")
+
+PROJECTION = "messages"
+BATCH_SIZE = 1000
+# Feed retention (contract "feed"): at least 7 days or 100,000 changes per instance.
+FEED_KEEP_DAYS = 7
+FEED_KEEP_CHANGES = 100_000
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """One change as clients receive it."""
+
+    instance: str
+    cursor: int
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass
+class Batch:
+    """What one committed batch did."""
+
+    events: int = 0
+    cursor: Cursor = field(default_factory=Cursor)
+    feed: list[FeedItem] = field(default_factory=list)
+    parked: list[int] = field(default_factory=list)
+    new_media: list[int] = field(default_factory=list)
+
+
+class Busy(Exception):
+    """Another runner holds the projection's lock."""
+
+
+def lock_id(projection: str) -> int:
+    """The advisory lock key of a projection."""
+    return zlib.crc32(f"zapline.projection.{projection}".encode())
+
+
+def run_batch(conn: Any, *, limit: int = BATCH_SIZE, wait: bool = True) -> Batch:
+    """Project the next batch of events and commit; return what it did.
+
+    With `wait=False` it raises Busy instead of queueing behind another runner.
+    """
+    with conn, conn.cursor() as cur:
+        _lock(cur, wait)
+        cur.execute(
+            "SELECT txid, position FROM checkpoints WHERE projection = %s FOR UPDATE",
+            (PROJECTION,),
+        )
+        txid, position = cur.fetchone()
+        read = read_after(cur, Cursor(txid, position), limit)
+        if not read:
+            return Batch(cursor=Cursor(txid, position))
+        batch = apply_events(cur, [event for _, event in read])
+        batch.events = len(read)
+        batch.cursor = read[-1][0]
+        cur.execute(
+            "UPDATE checkpoints SET txid = %s, position = %s, updated_at = now()"
+            " WHERE projection = %s",
+            (batch.cursor.txid, batch.cursor.position, PROJECTION),
+        )
+        return batch
+
+
+def apply_events(cur: Any, events: list[Event], *, park: bool = True) -> Batch:
+    """Apply events to the stored projection inside the caller's transaction.
+
+    An event whose projection raises is parked with its error (or, with park=False, its
+    error is re-raised) and the others go on.
+    """
+    batch = Batch()
+    states = _load_messages(cur, {(e.instance, k) for e in events for k in messages.targets(e)})
+    loaded = dict(states)
+    per_event: list[list[messages.MessageChange]] = []
+    last_position: dict[tuple[str, str], int] = {}
+    for event in events:
+        keys = [(event.instance, k) for k in messages.targets(event)]
+        before = {k: states.get(k) for k in keys}
+        try:
+            changes = messages.apply(states, event)
+        except Exception as error:
+            _restore(states, before)
+            changes = []
+            _park_or_raise(cur, event, error, park, batch)
+        per_event.append(changes)
+        for key in keys:
+            last_position[key] = event.position
+
+    chat_keys = {(e.instance, jid) for e in events for jid in chats.targets(e)}
+    chat_keys |= {(c.instance, c.message["chat_jid"]) for cs in per_event for c in cs}
+    chat_states = _load_chats(cur, chat_keys)
+    chat_loaded = dict(chat_states)
+    for event, changes in zip(events, per_event, strict=True):
+        try:
+            chats.apply_event(chat_states, event)
+            for change in changes:
+                chats.apply_message(chat_states, change)
+        except Exception as error:
+            _park_or_raise(cur, event, error, park, batch)
+
+    # Within a batch only each key's final state reaches the feed: it carries the whole row.
+    created = {
+        (c.instance, c.key_id) for cs in per_event for c in cs if c.kind == "message.created"
+    }
+    changed = [k for k in states if states[k] is not loaded.get(k)]
+    final = _write_messages(cur, states, loaded, changed, last_position, batch)
+    changed_chats = [k for k in chat_states if chat_states[k] is not chat_loaded.get(k)]
+    _write_chats(cur, chat_states, changed_chats)
+    items = [
+        ("message.created" if k in created else "message.updated", k, final[k])
+        for k in changed
+        if k in final and (k not in loaded or loaded[k].message != final[k])
+    ]
+    items += [
+        ("chat.updated", k, chat_states[k].chat)
+        for k in changed_chats
+        if k not in chat_loaded or chat_loaded[k].chat != chat_states[k].chat
+    ]
+    batch.feed = _append_feed(cur, items)
+    return batch
+
+
+def catch_up(
+    conn: Any,
+    *,
+    wait: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+    after_commit: Callable[[Batch], None] = lambda batch: None,
+    settle_seconds: float = 2.0,
+) -> int:
+    """Run batches until nothing is left; return how many events were projected.
+
+    When events exist that a still-running older transaction keeps back (invariant 4), keep
+    looking for up to `settle_seconds` instead of leaving them to the next poll.
+    """
+    total = 0
+    settle_until: float | None = None
+    while not should_stop():
+        batch = run_batch(conn, wait=wait)
+        if batch.events:
+            total += batch.events
+            settle_until = None
+            after_commit(batch)
+            continue
+        if not _has_events_after(conn, batch.cursor):
+            return total
+        settle_until = settle_until or time.monotonic() + settle_seconds
+        if time.monotonic() > settle_until:
+            return total
+        time.sleep(0.01)
+    return total
+
+
+def prune_feed(conn: Any) -> int:
+    """Drop feed rows older than the retention keeps; return how many."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "DELETE FROM feed f USING feed_heads h"
+            " WHERE f.instance = h.instance AND f.cursor <= h.cursor - %s"
+            " AND f.created_at < now() - make_interval(days => %s)",
+            (FEED_KEEP_CHANGES, FEED_KEEP_DAYS),
+        )
+        return int(cur.rowcount)
+
+
+# --- reading and writing state -----------------------------------------------------------
+
+
+def _lock(cur: Any, wait: bool) -> None:
+    if wait:
+        cur.execute("SET LOCAL lock_timeout = '10s'")
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(PROJECTION),))
+        return
+    cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_id(PROJECTION),))
+    if not cur.fetchone()[0]:
+        raise Busy(PROJECTION)
+
+
+def _has_events_after(conn: Any, cursor: Cursor) -> bool:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE (txid, position) > (%s::text::xid8, %s))",
+            (str(cursor.txid), cursor.position),
+        )
+        return bool(cur.fetchone()[0])
+
+
+def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    keys = list(keys)
+    return [k[0] for k in keys], [k[1] for k in keys]
+
+
+def _load_messages(cur: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], MessageState]:
+    if not keys:
+        return {}
+    instances, ids = _pairs(keys)
+    cur.execute(
+        "SELECT m.instance, m.key_id, m.data, m.meta FROM messages m"
+        " JOIN unnest(%s::text[], %s::text[]) AS k(instance, key_id)"
+        " ON m.instance = k.instance AND m.key_id = k.key_id",
+        (instances, ids),
+    )
+    states = {(i, k): MessageState(data, meta, ()) for i, k, data, meta in cur.fetchall()}
+    cur.execute(
+        "SELECT h.instance, h.key_id, h.meta, h.held FROM message_holds h"
+        " JOIN unnest(%s::text[], %s::text[]) AS k(instance, key_id)"
+        " ON h.instance = k.instance AND h.key_id = k.key_id",
+        (instances, ids),
+    )
+    for i, k, meta, held in cur.fetchall():
+        states.setdefault((i, k), MessageState(None, meta, tuple(held)))
+    return states
+
+
+def _load_chats(cur: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], ChatState]:
+    if not keys:
+        return {}
+    instances, jids = _pairs(keys)
+    cur.execute(
+        "SELECT c.instance, c.chat_jid, c.data, c.meta FROM chats c"
+        " JOIN unnest(%s::text[], %s::text[]) AS k(instance, chat_jid)"
+        " ON c.instance = k.instance AND c.chat_jid = k.chat_jid",
+        (instances, jids),
+    )
+    return {(i, j): ChatState(data, meta) for i, j, data, meta in cur.fetchall()}
+
+
+def _write_messages(
+    cur: Any,
+    states: dict[tuple[str, str], MessageState],
+    loaded: dict[tuple[str, str], MessageState],
+    changed: list[tuple[str, str]],
+    last_position: dict[tuple[str, str], int],
+    batch: Batch,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Write changed states; return the final public message of each key that has one."""
+    final: dict[tuple[str, str], dict[str, Any]] = {}
+    rows, holds, released = [], [], []
+    for key in changed:
+        state = states[key]
+        if state.message is None:
+            holds.append((*key, json.dumps(state.meta), json.dumps(list(state.held))))
+            continue
+        message = _with_media_id(cur, key, state.message, batch)
+        final[key] = message
+        rows.append(
+            (
+                *key,
+                message["chat_jid"],
+                message["timestamp"],
+                json.dumps(message),
+                json.dumps(state.meta),
+                last_position.get(key, 0),
+            )
+        )
+        old = loaded.get(key)
+        if old is not None and old.message is None:
+            released.append(key)
+    if rows:
+        psycopg2.extras.execute_values(
+            cur,
+            "INSERT INTO messages (instance, key_id, chat_jid, sent_at, data, meta, position)"
+            " VALUES %s ON CONFLICT (instance, key_id) DO UPDATE SET chat_jid = EXCLUDED.chat_jid,"
+            " sent_at = EXCLUDED.sent_at, data = EXCLUDED.data, meta = EXCLUDED.meta,"
+            " position = EXCLUDED.position, updated_at = now()",
+            rows,
+            template="(%s, %s, %s, %s::timestamptz, %s::jsonb, %s::jsonb, %s)",
+            page_size=1000,
+        )
+    if holds:
+        psycopg2.extras.execute_values(
+            cur,
+            "INSERT INTO message_holds (instance, key_id, meta, held) VALUES %s"
+            " ON CONFLICT (instance, key_id) DO UPDATE SET meta = EXCLUDED.meta,"
+            " held = EXCLUDED.held",
+            holds,
+            template="(%s, %s, %s::jsonb, %s::jsonb)",
+            page_size=1000,
+        )
+    if released:
+        instances, ids = _pairs(released)
+        cur.execute(
+            "DELETE FROM message_holds h USING unnest(%s::text[], %s::text[]) AS k(i, id)"
+            " WHERE h.instance = k.i AND h.key_id = k.id",
+            (instances, ids),
+        )
+    return final
+
+
+def _with_media_id(
+    cur: Any, key: tuple[str, str], message: dict[str, Any], batch: Batch
+) -> dict[str, Any]:
+    media = message.get("media")
+    if media is None or media.get("id") is not None:
+        return message
+    cur.execute(
+        "INSERT INTO media (instance, key_id, mimetype, size, sha256) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (instance, key_id) DO UPDATE SET"
+        " mimetype = coalesce(media.mimetype, EXCLUDED.mimetype),"
+        " size = coalesce(media.size, EXCLUDED.size),"
+        " sha256 = coalesce(media.sha256, EXCLUDED.sha256)"
+        " RETURNING id, status, (xmax = 0)",
+        (*key, media.get("mimetype"), media.get("size"), media.get("sha256")),
+    )
+    media_id, status, inserted = cur.fetchone()
+    if inserted:
+        batch.new_media.append(media_id)
+    return {**message, "media": {**media, "id": media_id, "status": status}}
+
+
+def _write_chats(
+    cur: Any, states: dict[tuple[str, str], ChatState], changed: list[tuple[str, str]]
+) -> None:
+    if not changed:
+        return
+    rows = [
+        (
+            *key,
+            states[key].chat["last_message_at"],
+            json.dumps(states[key].chat),
+            json.dumps(states[key].meta),
+        )
+        for key in changed
+    ]
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO chats (instance, chat_jid, last_message_at, data, meta) VALUES %s"
+        " ON CONFLICT (instance, chat_jid) DO UPDATE SET"
+        " last_message_at = EXCLUDED.last_message_at, data = EXCLUDED.data,"
+        " meta = EXCLUDED.meta, updated_at = now()",
+        rows,
+        template="(%s, %s, %s::timestamptz, %s::jsonb, %s::jsonb)",
+        page_size=1000,
+    )
+
+
+def _append_feed(
+    cur: Any, items: list[tuple[str, tuple[str, str], dict[str, Any]]]
+) -> list[FeedItem]:
+    """Give each change the next cursor of its instance and store it in the feed."""
+    if not items:
+        return []
+    counts: dict[str, int] = {}
+    for _, (instance, _), _ in items:
+        counts[instance] = counts.get(instance, 0) + 1
+    # The feed_heads row stays locked until commit: cursors become visible in commit order.
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO feed_heads AS h (instance, cursor) VALUES %s ON CONFLICT (instance)"
+        " DO UPDATE SET cursor = h.cursor + EXCLUDED.cursor RETURNING instance, cursor",
+        sorted(counts.items()),
+        page_size=1000,
+    )
+    next_cursor = {instance: head - counts[instance] + 1 for instance, head in cur.fetchall()}
+    feed, rows = [], []
+    for kind, (instance, key), data in items:
+        cursor = next_cursor[instance]
+        next_cursor[instance] += 1
+        feed.append(FeedItem(instance, cursor, kind, data))
+        rows.append((instance, cursor, kind, key, json.dumps(data)))
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO feed (instance, cursor, kind, key, data) VALUES %s",
+        rows,
+        template="(%s, %s, %s, %s, %s::jsonb)",
+        page_size=1000,
+    )
+    return feed
+
+
+def _restore(states: dict[Any, Any], before: dict[Any, Any]) -> None:
+    for key, state in before.items():
+        if state is None:
+            states.pop(key, None)
+        else:
+            states[key] = state
+
+
+def _park_or_raise(cur: Any, event: Event, error: Exception, park: bool, batch: Batch) -> None:
+    if not park:
+        raise error
+    reason = f"{type(error).__name__}: {error}"[:2000]
+    log.warning("parked event", extra={"fields": {"position": event.position, "error": reason}})
+    cur.execute(
+        "INSERT INTO parked (projection, position, error) VALUES (%s, %s, %s)"
+        " ON CONFLICT (projection, position) DO UPDATE SET error = EXCLUDED.error,"
+        " attempts = parked.attempts + 1, parked_at = now()",
+        (PROJECTION, event.position, reason),
+    )
+    batch.parked.append(event.position)
