@@ -1,8 +1,12 @@
-"""python -m pipeline: web, migrate, dev. Exit 0 on success, 1 on failure, 2 on bad usage."""
+"""python -m pipeline: web, worker, migrate, status, replay, dev.
+
+Every command exits 0 on success, 1 on failure (one line on stderr), 2 on bad usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,12 +23,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     web.add_argument("--bind", help="override the listen address, e.g. 127.0.0.1:8001")
     commands.add_parser("worker", help="run the worker service (Dramatiq, all actors)")
     commands.add_parser("migrate", help="apply pending database migrations")
+    status = commands.add_parser("status", help="projections, lag, parked events, workers, queues")
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay = commands.add_parser("replay", help="re-apply stored events to a projection")
+    replay.add_argument("--projection", required=True, choices=["messages"])
+    replay.add_argument("--from", dest="first", type=_position, default=1, metavar="POS")
+    replay.add_argument("--to", dest="last", type=_position, metavar="POS")
+    replay.add_argument("--instance", metavar="NAME")
+    replay.add_argument("--parked", action="store_true", help="only the parked events")
+    replay.add_argument("--dry-run", action="store_true", help="report, change nothing")
     commands.add_parser("dev", help="run everything locally in the foreground (make run)")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "web": _web,
         "worker": _worker,
         "migrate": _migrate,
+        "status": _status,
+        "replay": _replay,
         "dev": _dev,
     }
     try:
@@ -70,6 +85,40 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     applied = migrate(settings.database_url)
     print(f"migrations: {len(applied)} applied, database at head")
     return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.status import gather, render
+
+    report = gather(settings)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from events.pool import Pool
+    from pipeline.progress import Progress
+    from projections.replay import Selection, count, replay
+
+    selection = Selection(args.first, args.last, args.instance, args.parked)
+    pool = Pool(settings.database_url, size=1)
+    with pool.connection() as conn:
+        progress = Progress("replay", count(conn, selection))
+        result = replay(conn, selection, dry_run=args.dry_run, progress=progress.update)
+    progress.done()
+    changes = ", ".join(f"{n} {kind}" for kind, n in sorted(result.changes.items())) or "none"
+    verb = "would change" if args.dry_run else "changed"
+    print(
+        f"replayed {result.events} events; {verb}: {changes};"
+        f" parked {len(result.parked)}, unparked {result.unparked}"
+    )
+    return 0
+
+
+def _position(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log position")
+    return int(text)
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,42 @@
+"""Progress of long commands: a live line (count, rate, ETA) on a TTY, log lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Reports `done` of `total` items at most every `every` seconds."""
+
+    def __init__(self, label: str, total: int, stream: TextIO = sys.stderr, every: float = 1.0):
+        self._label = label
+        self._total = total
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._every = every if self._tty else max(every, 5.0)
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._done = 0
+
+    def update(self, done: int) -> None:
+        self._done = done
+        if time.monotonic() - self._last >= self._every:
+            self._last = time.monotonic()
+            self._write()
+
+    def done(self) -> None:
+        self._write()
+        if self._tty:
+            self._stream.write("\n")
+        self._stream.flush()
+
+    def _write(self) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = self._done / elapsed
+        left = max(self._total - self._done, 0)
+        eta = f"{left / rate:.0f} s" if rate > 0 else "?"
+        text = f"{self._label}: {self._done}/{self._total} ({rate:.0f}/s, ETA {eta})"
+        self._stream.write(f"\r{text}" if self._tty else f"{text}\n")
+        self._stream.flush()

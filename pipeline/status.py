@@ -1,0 +1,109 @@
+"""What `python -m pipeline status` reports: projections, lag, parked events, workers, queues."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from events.pool import Pool
+from pipeline import heartbeat, probes
+from pipeline.config import Settings
+
+QUEUES = ("projections",)
+
+
+def projections(pool: Pool) -> list[dict[str, Any]]:
+    """Checkpoint, head, lag in events and seconds, and parked count of every projection."""
+    with pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(max(position), 0) FROM events")
+        head = int(cur.fetchone()[0])
+        cur.execute(
+            "SELECT c.projection, c.txid, c.position, c.updated_at,"
+            " (SELECT count(*) FROM events e"
+            "   WHERE (e.txid, e.position) > (c.txid::text::xid8, c.position)),"
+            " (SELECT min(e.received_at) FROM events e"
+            "   WHERE (e.txid, e.position) > (c.txid::text::xid8, c.position)),"
+            " (SELECT count(*) FROM parked p WHERE p.projection = c.projection)"
+            " FROM checkpoints c ORDER BY c.projection"
+        )
+        rows = cur.fetchall()
+    now = datetime.now(UTC)
+    return [
+        {
+            "projection": name,
+            "checkpoint": position,
+            "head": head,
+            "lag_events": lag,
+            "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
+            "parked": parked,
+            "checkpoint_moved_at": moved.isoformat(),
+        }
+        for name, _txid, position, moved, lag, oldest, parked in rows
+    ]
+
+
+def queue_depths(url: str) -> dict[str, int | None]:
+    """Messages waiting in each queue (None when RabbitMQ cannot be asked)."""
+    params = pika.URLParameters(url)
+    params.socket_timeout = params.stack_timeout = 3
+    params.connection_attempts = 1
+    try:
+        connection = pika.BlockingConnection(params)
+    except (pika.exceptions.AMQPError, OSError):
+        return dict.fromkeys(QUEUES)
+    depths: dict[str, int | None] = {}
+    try:
+        channel = connection.channel()
+        for queue in QUEUES:
+            try:
+                declared = channel.queue_declare(queue, passive=True)
+                depths[queue] = int(declared.method.message_count)
+            except pika.exceptions.ChannelClosedByBroker:  # not declared yet: nothing waits
+                depths[queue] = 0
+                channel = connection.channel()
+    finally:
+        connection.close()
+    return depths
+
+
+def gather(settings: Settings) -> dict[str, Any]:
+    """Everything status shows, as one JSON-ready dict."""
+    pool = Pool(settings.database_url, size=1)
+    try:
+        found = projections(pool)
+    finally:
+        pool.close()
+    try:
+        workers: list[dict[str, Any]] | None = heartbeat.workers(
+            probes.redis_client(settings.redis_url)
+        )
+    except Exception:  # Redis down: say so rather than fail the whole report
+        workers = None
+    return {
+        "projections": found,
+        "workers": workers,
+        "queues": queue_depths(settings.rabbitmq_url),
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report for a person."""
+    lines = []
+    for p in report["projections"]:
+        lines.append(
+            f"projection {p['projection']}: checkpoint {p['checkpoint']}, head {p['head']},"
+            f" lag {p['lag_events']} events / {p['lag_seconds']:.1f} s, parked {p['parked']}"
+        )
+    workers = report["workers"]
+    if workers is None:
+        lines.append("workers: unknown (Redis did not answer)")
+    else:
+        names = ", ".join(sorted(f"{w.get('host')}:{w.get('pid')}" for w in workers)) or "none"
+        lines.append(f"workers: {len(workers)} ({names})")
+    for queue, depth in report["queues"].items():
+        shown = "unknown (RabbitMQ did not answer)" if depth is None else f"{depth} waiting"
+        lines.append(f"queue {queue}: {shown}")
+    return "\n".join(lines)
