@@ -11,7 +11,9 @@ import falcon
 from api.auth import Unauthorized, WebhookAuth
 from api.health import HealthResource, Lifecycle, ReadyResource
 from api.ingest import GroupCommitter
+from api.reads import BadQuery, add_read_routes
 from api.requestlog import RequestLog
+from api.tokens import BadApiToken, NotFound
 from api.webhooks import BodyTooLarge, WebhookResource
 from events.errors import BadWebhook, StoreRejected, StoreUnavailable, ZaplineError
 from events.pool import Pool
@@ -63,6 +65,7 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
             lifecycle=services.lifecycle,
         ),
     )
+    add_read_routes(app, settings.api_tokens, services.pool)
     for error, status in _ERRORS.items():
         app.add_error_handler(error, _handler(status))
     return app
@@ -91,6 +94,9 @@ LIFECYCLE = Lifecycle()
 
 _ERRORS: dict[type[ZaplineError], str] = {
     Unauthorized: falcon.HTTP_401,
+    BadApiToken: falcon.HTTP_401,
+    NotFound: falcon.HTTP_404,
+    BadQuery: falcon.HTTP_400,
     BodyTooLarge: falcon.HTTP_413,
     BadWebhook: falcon.HTTP_400,
     StoreRejected: falcon.HTTP_400,
