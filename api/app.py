@@ -20,7 +20,10 @@ from events.pool import Pool
 from events.store import EventStore
 from migrations import runner as migrations
 from pipeline import heartbeat, logs, probes
+from pipeline.actors import project_messages
+from pipeline.broker import broker
 from pipeline.config import Settings
+from pipeline.wakeup import WakeUps
 
 log = logging.getLogger("zapline.api")
 
@@ -73,9 +76,15 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
 
 def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> Services:
     """Make the pool, store and committer of one web process."""
+
+    def drop_connection() -> None:
+        del broker.connection
+
     pool = Pool(settings.database_url, size=8, statement_timeout_ms=15_000)
     store = EventStore(pool)
-    return Services(pool, store, GroupCommitter(store.append), lifecycle or Lifecycle())
+    wakeups = WakeUps(project_messages.send, drop_connection)
+    committer = GroupCommitter(store.append, on_commit=wakeups.notify)
+    return Services(pool, store, committer, lifecycle or Lifecycle())
 
 
 def get_app() -> falcon.App:

@@ -169,3 +169,60 @@ def with_instance(body: bytes, instance: str) -> bytes:
     target = payload["body"] if "body" in payload and "event" not in payload else payload
     target["instance"] = instance
     return json.dumps(payload).encode()
+
+
+@dataclass
+class Worker:
+    """A real `python -m pipeline worker` (dramatiq main process and its children)."""
+
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown code runs."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, as Railway does; SIGKILL if it has not exited in `timeout` seconds."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.process.returncode)
+
+
+def start_worker(database_url: str, **env: str) -> Worker:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url, "WORKER_THREADS": "2", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return Worker(process)
+
+
+def wait_for(check: Any, timeout: float = 30, interval: float = 0.05) -> Any:
+    """Poll `check()` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
+        time.sleep(interval)
+
+
+def projected_up_to_head(url: str) -> bool:
+    """True when the messages projection's checkpoint has reached the newest event."""
+    rows = sql(
+        url,
+        "SELECT c.position >= coalesce((SELECT max(position) FROM events), 0)"
+        " FROM checkpoints c WHERE projection = 'messages'",
+    )
+    return bool(rows[0][0])

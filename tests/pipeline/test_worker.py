@@ -1,0 +1,334 @@
+"""The worker against real PostgreSQL and RabbitMQ: exactly once through kills and outages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+import pytest
+
+from events.pool import Pool
+from events.store import EventStore
+from events.webhook import parse_webhook
+from projections.runner import catch_up
+from tests.conftest import (
+    ROOT,
+    projected_up_to_head,
+    sql,
+    start_web,
+    start_worker,
+    wait_for,
+)
+from tests.netutil import Blackhole, TcpProxy
+
+pytestmark = pytest.mark.services
+
+
+def _upsert(instance: str, key_id: str, chat: int = 0, ts: int = 1764460800) -> bytes:
+    return json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": instance,
+            "data": {
+                "key": {
+                    "id": key_id,
+                    "remoteJid": f"5511{chat:08d}@s.whatsapp.net",
+                    "fromMe": False,
+                },
+                "pushName": "Ana",
+                "message": {"conversation": f"hello {key_id}"},
+                "messageTimestamp": ts,
+            },
+        }
+    ).encode()
+
+
+def _append(url: str, bodies: list[bytes]) -> None:
+    store = EventStore(Pool(url, size=1))
+    for start in range(0, len(bodies), 1000):
+        store.append([parse_webhook(b) for b in bodies[start : start + 1000]])
+
+
+def _snapshot(url: str) -> tuple[object, ...]:
+    return (
+        sql(url, "SELECT instance, key_id, data FROM messages ORDER BY 1, 2"),
+        sql(url, "SELECT instance, chat_jid, data FROM chats ORDER BY 1, 2"),
+        sql(url, "SELECT count(*), max(cursor) FROM feed"),
+    )
+
+
+def _assert_each_message_once(url: str, instance: str, expected: int) -> None:
+    assert sql(url, "SELECT count(*) FROM messages WHERE instance = %s", (instance,)) == [
+        (expected,)
+    ]
+    created = sql(
+        url,
+        "SELECT key, count(*) FROM feed WHERE instance = %s"
+        " AND kind = 'message.created' GROUP BY key",
+        (instance,),
+    )
+    assert len(created) == expected and {n for _, n in created} == {1}
+    cursors = [
+        c
+        for (c,) in sql(
+            url, "SELECT cursor FROM feed WHERE instance = %s ORDER BY cursor", (instance,)
+        )
+    ]
+    assert cursors == list(range(1, len(cursors) + 1)), "feed cursors must have no gap"
+
+
+def test_a_worker_sigkilled_mid_batch_resumes_and_projects_every_message_once(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    instance = "kill"
+    total = 30_000
+    _append(
+        url, [_upsert(instance, f"K{i:06d}", chat=i % 300, ts=1764460800 + i) for i in range(total)]
+    )
+    # given: a worker projecting a large backlog
+    worker = start_worker(url)
+    try:
+        wait_for(
+            lambda: sql(url, "SELECT position FROM checkpoints")[0][0] > 0,
+            timeout=60,
+            interval=0.01,
+        )
+        # when: it is SIGKILLed in the middle
+        worker.kill()
+        checkpoint = sql(url, "SELECT position FROM checkpoints")[0][0]
+        assert 0 < checkpoint < total, "the kill must land mid-way through the backlog"
+        # then: a new worker resumes from the checkpoint and every message lands once
+        worker = start_worker(url)
+        wait_for(lambda: projected_up_to_head(url), timeout=120)
+    finally:
+        worker.stop()
+    _assert_each_message_once(url, instance, total)
+
+
+def test_reapplying_projected_events_changes_nothing(fresh_database_url: str) -> None:
+    """A redelivered batch (here: the checkpoint moved back to 0) is a no-op."""
+    url = fresh_database_url
+    bodies = [_upsert("again", f"A{i}", chat=i % 5) for i in range(300)]
+    bodies += [
+        json.dumps(
+            {
+                "event": "messages.update",
+                "instance": "again",
+                "data": {"keyId": f"A{i}", "status": "READ"},
+            }
+        ).encode()
+        for i in range(0, 300, 3)
+    ]
+    _append(url, bodies)
+    conn = psycopg2.connect(url)
+    try:
+        catch_up(conn)
+        before = _snapshot(url)
+        sql(url, "UPDATE checkpoints SET txid = 0, position = 0")
+        assert catch_up(conn) == len(bodies)
+    finally:
+        conn.close()
+    assert _snapshot(url) == before
+
+
+def test_the_same_wake_up_delivered_twice_changes_nothing(fresh_database_url: str) -> None:
+    from dramatiq import Message
+
+    from pipeline.actors import project_messages
+    from pipeline.broker import broker
+
+    url = fresh_database_url
+    _append(url, [_upsert("twice", f"T{i}") for i in range(50)])
+    worker = start_worker(url)
+    try:
+        wait_for(lambda: projected_up_to_head(url))
+        before = _snapshot(url)
+        message = project_messages.message()
+        copy = Message(**{**message.asdict(), "message_id": message.message_id})
+        broker.enqueue(message)
+        broker.enqueue(copy)
+        wait_for(lambda: broker.get_queue_message_counts("projections")[0] == 0)
+        time.sleep(0.5)
+        assert _snapshot(url) == before
+    finally:
+        worker.stop()
+
+
+def test_with_rabbitmq_unreachable_webhooks_get_200_and_messages_still_appear(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    hole = Blackhole()
+    # given: a web service whose broker accepts connections and never answers
+    web = start_web(url, RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{hole.port}/%2F")
+    worker = start_worker(url)
+    try:
+        # when: webhooks arrive
+        answers = [web.post_webhook(_upsert("nobroker", f"N{i}")) for i in range(40)]
+        # then: each is accepted, and the worker's own polling projects them all
+        assert {a.status for a in answers} == {200}
+        wait_for(lambda: projected_up_to_head(url), timeout=20)
+    finally:
+        worker.stop()
+        web.stop()
+        hole.close()
+    _assert_each_message_once(url, "nobroker", 40)
+
+
+def test_a_broker_outage_loses_no_message_and_wake_ups_resume_after_it(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    proxy = TcpProxy(5672)
+    broker_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
+    web = start_web(url, RABBITMQ_URL=broker_url)
+    worker = start_worker(url, RABBITMQ_URL=broker_url)
+    try:
+        assert web.post_webhook(_upsert("outage", "before")).status == 200
+        wait_for(lambda: projected_up_to_head(url))
+        # when: RabbitMQ goes away for a while, and comes back
+        proxy.cut()
+        during = [web.post_webhook(_upsert("outage", f"D{i}")).status for i in range(20)]
+        proxy = proxy.restore()
+        after = [web.post_webhook(_upsert("outage", f"A{i}")).status for i in range(20)]
+        # then: every webhook was accepted and every message projected once
+        assert set(during) == set(after) == {200}
+        wait_for(lambda: projected_up_to_head(url), timeout=30)
+        assert worker.process.poll() is None, "the worker must survive a broker outage"
+    finally:
+        worker.stop()
+        web.stop()
+        proxy.cut()
+    _assert_each_message_once(url, "outage", 41)
+
+
+def test_a_late_committing_append_is_still_projected(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    worker = start_worker(url)
+    web = start_web(url)
+    slow = psycopg2.connect(url)
+    try:
+        # given: a transaction holding an early position, not yet committed
+        with slow.cursor() as cur:
+            body = parse_webhook(_upsert("late", "EARLY"))
+            cur.execute(
+                "INSERT INTO events (instance, type, dedupe_key, payload)"
+                " VALUES (%s, %s, %s, %s::jsonb)",
+                (body.instance, body.type, body.dedupe_key, body.payload_json),
+            )
+        # when: many later webhooks commit and are projected around it
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(
+                pool.map(
+                    lambda i: web.post_webhook(_upsert("late", f"L{i}", chat=i % 7)).status,
+                    range(200),
+                )
+            )
+        assert set(statuses) == {200}
+        time.sleep(1)
+        slow.commit()
+        # then: the early one is projected too, and nothing twice
+        wait_for(lambda: projected_up_to_head(url), timeout=20)
+    finally:
+        slow.close()
+        web.stop()
+        worker.stop()
+    _assert_each_message_once(url, "late", 201)
+
+
+def test_a_poison_event_is_parked_and_later_events_still_project(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    poison = b'{"event": "messages.upsert", "instance": "poison", "data": {"key": {}}}'
+    _append(url, [_upsert("poison", "P1"), poison, _upsert("poison", "P2")])
+    conn = psycopg2.connect(url)
+    try:
+        catch_up(conn)
+    finally:
+        conn.close()
+    [(position, error, attempts)] = sql(url, "SELECT position, error, attempts FROM parked")
+    assert "ValueError" in error and attempts == 1
+    assert sql(url, "SELECT key_id FROM messages ORDER BY 1") == [("P1",), ("P2",)]
+    status = _cli(url, "status", "--json")
+    assert json.loads(status.stdout)["projections"][0]["parked"] == 1
+    # a retry that still fails keeps it parked, counting the attempt
+    retried = _cli(url, "replay", "--projection", "messages", "--parked")
+    assert retried.returncode == 0 and "parked 1" in retried.stdout
+    assert sql(url, "SELECT position, attempts FROM parked") == [(position, 2)]
+
+
+def test_replaying_an_already_projected_range_changes_nothing(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    _append(url, [_upsert("replay", f"R{i}", chat=i % 3) for i in range(100)])
+    conn = psycopg2.connect(url)
+    try:
+        catch_up(conn)
+    finally:
+        conn.close()
+    before = _snapshot(url)
+    dry = _cli(url, "replay", "--projection", "messages", "--from", "1", "--dry-run")
+    real = _cli(url, "replay", "--projection", "messages", "--from", "1", "--to", "100")
+    assert dry.returncode == real.returncode == 0
+    assert "would change: none" in dry.stdout and "changed: none" in real.stdout
+    assert _snapshot(url) == before
+
+
+def test_status_shows_lag_zero_after_a_burst(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    worker = start_worker(url)
+    web = start_web(url)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: web.post_webhook(_upsert("burst", f"B{i}")), range(300)))
+        wait_for(lambda: projected_up_to_head(url), timeout=20)
+        report = json.loads(_cli(url, "status", "--json").stdout)
+    finally:
+        web.stop()
+        worker.stop()
+    [projection] = report["projections"]
+    assert projection["lag_events"] == 0 and projection["checkpoint"] == projection["head"]
+    assert report["queues"]["projections"] is not None
+
+
+def test_sigterm_stops_the_worker_cleanly_and_promptly(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    _append(url, [_upsert("term", f"S{i}") for i in range(5000)])
+    worker = start_worker(url)
+    wait_for(
+        lambda: sql(url, "SELECT position FROM checkpoints")[0][0] > 0, timeout=60, interval=0.01
+    )
+    started = time.monotonic()
+    code = worker.stop(timeout=30)
+    elapsed = time.monotonic() - started
+    assert code == 0, f"exit code {code} after {elapsed:.1f} s"
+    # whatever was committed is whole; a new worker finishes the rest
+    worker = start_worker(url)
+    try:
+        wait_for(lambda: projected_up_to_head(url), timeout=60)
+    finally:
+        worker.stop()
+    _assert_each_message_once(url, "term", 5000)
+
+
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "DATABASE_URL": url},
+    )
+
+
+def _unique() -> str:
+    return uuid.uuid4().hex[:8]
