@@ -219,10 +219,12 @@ def wait_for(check: Any, timeout: float = 30, interval: float = 0.05) -> Any:
 
 
 def projected_up_to_head(url: str) -> bool:
-    """True when the messages projection's checkpoint has reached the newest event."""
-    rows = sql(
-        url,
-        "SELECT c.position >= coalesce((SELECT max(position) FROM events), 0)"
-        " FROM checkpoints c WHERE projection = 'messages'",
-    )
+    """True when no committed event lies after the messages projection's checkpoint.
+
+    Compared in read order, (transaction id, position): positions alone do not say it,
+    since concurrent transactions take positions in another order than they commit.
+    """
+    rows = sql(url, "SELECT NOT EXISTS (SELECT 1 FROM events e, checkpoints c"
+                    " WHERE c.projection = 'messages'"
+                    " AND (e.txid, e.position) > (c.txid::text::xid8, c.position))")
     return bool(rows[0][0])
