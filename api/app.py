@@ -11,9 +11,10 @@ import falcon
 from api.auth import Unauthorized, WebhookAuth
 from api.health import HealthResource, Lifecycle, ReadyResource
 from api.ingest import GroupCommitter
+from api.live import WS_PATH, Hub, LiveResource, UpgradeRequired
 from api.reads import BadQuery, add_read_routes
 from api.requestlog import RequestLog
-from api.tokens import BadApiToken, NotFound
+from api.tokens import ApiAuth, BadApiToken, NotFound
 from api.webhooks import BodyTooLarge, WebhookResource
 from events.errors import BadWebhook, StoreRejected, StoreUnavailable, ZaplineError
 from events.pool import Pool
@@ -39,6 +40,7 @@ class Services:
     store: EventStore
     committer: GroupCommitter
     lifecycle: Lifecycle
+    hub: Hub
 
 
 def create_app(settings: Settings, services: Services) -> falcon.App:
@@ -69,6 +71,10 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
         ),
     )
     add_read_routes(app, settings.api_tokens, services.pool)
+    app.add_route(
+        WS_PATH,
+        LiveResource(ApiAuth(settings.api_tokens), services.hub, services.pool, services.lifecycle),
+    )
     for error, status in _ERRORS.items():
         app.add_error_handler(error, _handler(status))
     return app
@@ -84,7 +90,10 @@ def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> S
     store = EventStore(pool)
     wakeups = WakeUps(project_messages.send, drop_connection)
     committer = GroupCommitter(store.append, on_commit=wakeups.notify)
-    return Services(pool, store, committer, lifecycle or Lifecycle())
+    lifecycle = lifecycle or Lifecycle()
+    hub = Hub(probes.redis_subscriber(settings.redis_url), pool)
+    lifecycle.on_drain.append(hub.close_all)
+    return Services(pool, store, committer, lifecycle, hub)
 
 
 def get_app() -> falcon.App:
@@ -105,6 +114,7 @@ _ERRORS: dict[type[ZaplineError], str] = {
     Unauthorized: falcon.HTTP_401,
     BadApiToken: falcon.HTTP_401,
     NotFound: falcon.HTTP_404,
+    UpgradeRequired: falcon.HTTP_426,
     BadQuery: falcon.HTTP_400,
     BodyTooLarge: falcon.HTTP_413,
     BadWebhook: falcon.HTTP_400,

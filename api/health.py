@@ -18,6 +18,13 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.draining = False
+        self.on_drain: list[Callable[[], None]] = []
+
+    def start_draining(self) -> None:
+        """Answer readiness with 503 from now on, and run what must happen at shutdown."""
+        self.draining = True
+        for callback in self.on_drain:
+            callback()
 
 
 class HealthResource:

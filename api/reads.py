@@ -118,16 +118,26 @@ class FeedResource:
         after = _whole(req, "after", default=0, low=0)
         limit = _limit(req, *FEED_LIMIT)
         with self._pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(_FEED, (instance, after, limit))
-            rows = cur.fetchall()
-            # Read what is retained after the rows, not before: a prune in between then
-            # shows as a reset instead of a silent gap.
-            cur.execute(_RETAINED, (instance, instance))
-            oldest, head = cur.fetchone()
-        if _pruned_past(after, oldest, head):
+            rows, reset = read_feed(cur, instance, after, limit)
+        if reset:
             _send(resp, [], cursor=after, reset=True)
             return
         _send(resp, [frame for _, frame in rows], cursor=rows[-1][0] if rows else after)
+
+
+def read_feed(
+    cur: Any, instance: str, after: int, limit: int
+) -> tuple[list[tuple[int, str]], bool]:
+    """Up to `limit` (cursor, frame JSON) after `after`, and whether `after` was pruned past."""
+    cur.execute(_FEED, (instance, after, limit))
+    rows: list[tuple[int, str]] = cur.fetchall()
+    # Read what is retained after the rows, not before: a prune in between then shows as
+    # a reset instead of a silent gap.
+    cur.execute(_RETAINED, (instance, instance))
+    oldest, head = cur.fetchone()
+    if _pruned_past(after, oldest, head):
+        return [], True
+    return rows, False
 
 
 def _older_messages(

@@ -46,3 +46,10 @@ def check_rabbitmq(url: str, timeout: float = 1.5) -> None:
 def redis_client(url: str, timeout: float = 1.0) -> redis.Redis:
     """A Redis client whose every call gives up after `timeout` seconds."""
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def redis_subscriber(url: str) -> redis.Redis:
+    """A Redis client for pub/sub: reads may wait long, a dead server is noticed in 30 s."""
+    return redis.Redis.from_url(
+        url, socket_timeout=30, socket_connect_timeout=2, socket_keepalive=True
+    )

@@ -4,27 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from gunicorn.app.base import BaseApplication
 
 from pipeline.config import Settings
 
 # Railway's drain window must exceed this (railway.json drainingSeconds).
 GRACEFUL_TIMEOUT_SECONDS = 10
-
-
-class ZaplineWorker(GeventWebSocketWorker):
-    """The gevent-websocket worker, told about SIGTERM as soon as it arrives.
-
-    gunicorn has no hook at the start of a graceful shutdown; readiness must answer 503 from
-    the moment SIGTERM lands (design.md invariant 10), so we flip it here.
-    """
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        from api.app import LIFECYCLE
-
-        LIFECYCLE.draining = True
-        super().handle_exit(sig, frame)
 
 
 class WebApplication(BaseApplication):
@@ -39,7 +24,7 @@ class WebApplication(BaseApplication):
         options = {
             "bind": [self._bind],
             "workers": self._settings.web_concurrency,
-            "worker_class": "pipeline.web.ZaplineWorker",
+            "worker_class": "api.server.ZaplineWorker",
             "worker_connections": self._settings.web_worker_connections,
             "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
             "timeout": 30,

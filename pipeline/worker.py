@@ -15,7 +15,7 @@ import dramatiq
 
 from events.pool import Pool
 from events.store import Cursor
-from pipeline import heartbeat, logs, probes
+from pipeline import fanout, heartbeat, logs, probes
 from pipeline.config import Settings
 from projections import runner
 
@@ -78,6 +78,10 @@ class Projector:
 
     def _after_commit(self, batch: runner.Batch) -> None:
         self.checkpoint = batch.cursor
+        try:
+            fanout.publish(self._redis, batch.feed)
+        except Exception as error:  # clients fill the gap from the feed table
+            log.warning("fan-out failed", extra={"fields": {"error": type(error).__name__}})
         self._beat()
 
     def _prune(self, conn: Any) -> None:
