@@ -1,0 +1,300 @@
+"""GET /ws through real gunicorn, worker, Redis and PostgreSQL: no gap, no duplicate, ever."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import websocket
+
+from tests.conftest import (
+    WEBHOOK_TOKEN,
+    WebServer,
+    projected_up_to_head,
+    start_web,
+    start_worker,
+    wait_for,
+)
+from tests.netutil import free_port
+
+pytestmark = pytest.mark.services
+
+TOKENS = "tok-a:alpha,tok-b:beta,tok-all:*"
+
+
+def _upsert(instance: str, key_id: str, ts: int = 1764460800) -> bytes:
+    return json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": instance,
+            "data": {
+                "key": {"id": key_id, "remoteJid": "551199990000@s.whatsapp.net", "fromMe": False},
+                "message": {"conversation": key_id},
+                "messageTimestamp": ts,
+            },
+        }
+    ).encode()
+
+
+def _connect(
+    web: WebServer, instance: str, token: str, after: int | None = None
+) -> websocket.WebSocket:
+    query = f"instance={instance}&token={token}" + ("" if after is None else f"&after={after}")
+    return websocket.create_connection(f"ws://127.0.0.1:{web.port}/ws?{query}", timeout=15)
+
+
+def _frames_until(ws: websocket.WebSocket, done, limit: int = 5000) -> list[dict]:
+    """Read JSON frames (skipping pings) until `done(frames)` holds."""
+    frames: list[dict] = []
+    for _ in range(limit):
+        frame = json.loads(ws.recv())
+        if frame["type"] != "ping":
+            frames.append(frame)
+        if done(frames):
+            return frames
+    raise AssertionError(f"gave up after {limit} frames")
+
+
+def _created_keys(frames: list[dict]) -> list[str]:
+    return [f["data"]["key_id"] for f in frames if f["type"] == "message.created"]
+
+
+def _assert_strictly_increasing(frames: list[dict]) -> None:
+    cursors = [f["cursor"] for f in frames if "cursor" in f and f["type"] not in ("live",)]
+    assert cursors == sorted(set(cursors)), "cursors must strictly increase"
+
+
+@pytest.fixture
+def stack(fresh_database_url: str) -> Iterator[tuple[str, WebServer]]:
+    worker = start_worker(fresh_database_url)
+    web = start_web(fresh_database_url, API_TOKENS=TOKENS)
+    yield fresh_database_url, web
+    web.stop()
+    worker.stop()
+
+
+def test_backlog_then_live_then_live_changes_without_gap_or_duplicate(stack) -> None:
+    url, web = stack
+    for i in range(5):
+        assert web.post_webhook(_upsert("alpha", f"OLD{i}")).status == 200
+    wait_for(lambda: projected_up_to_head(url))
+    ws = _connect(web, "alpha", "tok-a", after=0)
+    backlog = _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+    for i in range(5):
+        web.post_webhook(_upsert("alpha", f"NEW{i}"))
+    live = _frames_until(ws, lambda fs: len(_created_keys(fs)) == 5)
+    ws.close()
+    assert _created_keys(backlog) == [f"OLD{i}" for i in range(5)]
+    assert _created_keys(live) == [f"NEW{i}" for i in range(5)]
+    assert backlog[-1]["cursor"] == backlog[-2]["cursor"]  # live names the last cursor sent
+    _assert_strictly_increasing(backlog[:-1] + live)
+    assert live[0]["cursor"] == backlog[-1]["cursor"] + 1
+
+
+def test_changes_racing_the_switch_to_live_arrive_exactly_once(stack) -> None:
+    url, web = stack
+    # given: webhooks keep arriving while clients connect and read their backlog
+    import threading
+
+    stop = threading.Event()
+
+    def post_forever() -> None:
+        for i in range(300):
+            if stop.is_set():
+                return
+            web.post_webhook(_upsert("alpha", f"R{i:03d}"))
+
+    poster = threading.Thread(target=post_forever)
+    poster.start()
+    try:
+        sockets = []
+        for _ in range(5):
+            sockets.append(_connect(web, "alpha", "tok-a", after=0))
+            time.sleep(0.2)
+    finally:
+        poster.join(timeout=60)
+        stop.set()
+    wait_for(lambda: projected_up_to_head(url))
+    # then: each client saw every message once, in order, across the backlog/live switch
+    for ws in sockets:
+        frames = _frames_until(ws, lambda fs: len(_created_keys(fs)) == 300)
+        ws.close()
+        assert _created_keys(frames) == [f"R{i:03d}" for i in range(300)]
+        _assert_strictly_increasing([f for f in frames if f["type"] != "live"])
+
+
+def test_a_token_only_ever_receives_its_instances_changes(stack) -> None:
+    url, web = stack
+    ws = _connect(web, "alpha", "tok-a", after=0)
+    _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+    web.post_webhook(_upsert("beta", "SECRET"))
+    web.post_webhook(_upsert("alpha", "MINE"))
+    frames = _frames_until(ws, lambda fs: "MINE" in _created_keys(fs))
+    ws.close()
+    assert all(f["instance"] == "alpha" for f in frames)
+    assert "SECRET" not in json.dumps(frames)
+
+
+@pytest.mark.parametrize(
+    ("instance", "token", "status"),
+    [
+        ("alpha", "wrong", 401),
+        ("alpha", "", 401),
+        ("beta", "tok-a", 404),
+        ("", "tok-a", 400),
+    ],
+)
+def test_a_bad_request_is_refused_with_plain_http_before_the_upgrade(
+    stack, instance: str, token: str, status: int
+) -> None:
+    _, web = stack
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        _connect(web, instance, token)
+    assert refused.value.status_code == status
+
+
+def test_only_the_ws_path_upgrades(stack) -> None:
+    _, web = stack
+    answer = web.request(
+        "GET",
+        "/health",
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    assert answer.status == 200 and answer.json()["status"] == "ok"
+
+
+def test_after_a_web_restart_the_client_resumes_with_exactly_the_missed_changes(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    worker = start_worker(url)
+    old = start_web(url, API_TOKENS=TOKENS)
+    new = start_web(url, API_TOKENS=TOKENS)  # the deploy's new instance, overlapping
+    try:
+        ws = _connect(old, "alpha", "tok-a", after=0)
+        old.post_webhook(_upsert("alpha", "BEFORE"))
+        seen = _frames_until(ws, lambda fs: "BEFORE" in _created_keys(fs))
+        last = max(f["cursor"] for f in seen)
+        # when: the old web process gets SIGTERM
+        sigterm_at = time.monotonic()
+        old.process.send_signal(signal.SIGTERM)
+        op, data = _read_until_close(ws)
+        closed_after = time.monotonic() - sigterm_at
+        # and changes land while the client is away
+        for i in range(10):
+            assert new.post_webhook(_upsert("alpha", f"AWAY{i}")).status == 200
+        # then: 1012 came promptly, and resuming from the last cursor gives exactly the gap
+        assert int.from_bytes(data[:2], "big") == 1012
+        assert closed_after < 1.0, f"close frame after {closed_after:.2f} s"
+        resumed = _connect(new, "alpha", "tok-a", after=last)
+        frames = _frames_until(resumed, lambda fs: len(_created_keys(fs)) == 10)
+        resumed.close()
+        assert _created_keys(frames) == [f"AWAY{i}" for i in range(10)]
+        assert min(f["cursor"] for f in frames if f["type"] != "live") == last + 1
+        _assert_strictly_increasing([f for f in frames if f["type"] != "live"])
+    finally:
+        old.stop()
+        new.stop()
+        worker.stop()
+
+
+def test_a_slow_webhook_in_flight_at_sigterm_still_gets_its_200(fresh_database_url: str) -> None:
+    web = start_web(fresh_database_url)
+    body = _upsert("slow", "SLOW1")
+    try:
+        conn = socket.create_connection(("127.0.0.1", web.port), timeout=15)
+        head = (
+            f"POST /webhooks/evolution HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            f"\r\nAuthorization: Bearer {WEBHOOK_TOKEN}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n"
+        ).encode()
+        conn.sendall(head + body[:20])
+        time.sleep(0.3)
+        web.process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        conn.sendall(body[20:])
+        answer = conn.recv(4096).decode()
+        conn.close()
+        assert answer.startswith("HTTP/1.1 200"), answer[:200]
+    finally:
+        web.stop()
+
+
+def test_clients_lose_nothing_when_redis_restarts_under_them(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    port = free_port()
+    redis = _redis_server(port)
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    worker = start_worker(url, REDIS_URL=redis_url)
+    web = start_web(url, API_TOKENS=TOKENS, REDIS_URL=redis_url)
+    try:
+        ws = _connect(web, "alpha", "tok-a", after=0)
+        _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+        web.post_webhook(_upsert("alpha", "UP1"))
+        _frames_until(ws, lambda fs: "UP1" in _created_keys(fs))
+        # when: Redis goes away while changes are made, then comes back empty
+        redis.kill()
+        redis.wait()
+        for i in range(5):
+            web.post_webhook(_upsert("alpha", f"DOWN{i}"))
+        wait_for(lambda: projected_up_to_head(url))
+        redis = _redis_server(port)
+        for i in range(5):
+            web.post_webhook(_upsert("alpha", f"BACK{i}"))
+        # then: the client gets every change once, in order
+        expected = [f"DOWN{i}" for i in range(5)] + [f"BACK{i}" for i in range(5)]
+        frames = _frames_until(ws, lambda fs: len(_created_keys(fs)) == 10)
+        ws.close()
+        assert _created_keys(frames) == expected
+        _assert_strictly_increasing(frames)
+    finally:
+        web.stop()
+        worker.stop()
+        redis.kill()
+
+
+def _read_until_close(ws: websocket.WebSocket) -> tuple[int, bytes]:
+    for _ in range(1000):
+        op, data = ws.recv_data(control_frame=True)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            return op, data
+    raise AssertionError("no close frame")
+
+
+def _redis_server(port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: _answers(port), timeout=10)
+    return server
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
