@@ -53,6 +53,17 @@ _READ_AFTER = """
 """
 
 
+_READ_BETWEEN = """
+    SELECT txid::text, position, instance, type, payload, received_at
+    FROM events
+    WHERE (txid, position) > (%s::text::xid8, %s)
+      AND (txid, position) <= (%s::text::xid8, %s)
+      AND txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY txid, position
+    LIMIT %s
+"""
+
+
 class EventStore:
     """The event log in PostgreSQL."""
 
@@ -108,9 +119,21 @@ class EventStore:
             return int(cur.fetchone()[0])
 
 
-def read_after(cur: Any, cursor: Cursor, limit: int) -> list[tuple[Cursor, Event]]:
-    """The gap-safe read on a caller's cursor, so it can share the caller's transaction."""
-    cur.execute(_READ_AFTER, (str(cursor.txid), cursor.position, limit))
+def read_after(
+    cur: Any, cursor: Cursor, limit: int, upto: Cursor | None = None
+) -> list[tuple[Cursor, Event]]:
+    """The gap-safe read on a caller's cursor, so it can share the caller's transaction.
+
+    With `upto`, nothing after that cursor is returned (a rebuild follows the live
+    projection's checkpoint without passing it).
+    """
+    if upto is None:
+        cur.execute(_READ_AFTER, (str(cursor.txid), cursor.position, limit))
+    else:
+        cur.execute(
+            _READ_BETWEEN,
+            (str(cursor.txid), cursor.position, str(upto.txid), upto.position, limit),
+        )
     return [
         (
             Cursor(int(txid), position),

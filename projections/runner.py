@@ -58,6 +58,25 @@ class Busy(Exception):
     """Another runner holds the projection's lock."""
 
 
+@dataclass(frozen=True)
+class Tables:
+    """Where a projection's rows go: the live tables, or a rebuild's shadow copies.
+
+    Names are constants of this package, never input, so they are put into SQL as text.
+    `feed` says whether changes reach the change feed (a shadow's never do); `parked_as`
+    is the projection name its unappliable events are parked under.
+    """
+
+    messages: str = "messages"
+    holds: str = "message_holds"
+    chats: str = "chats"
+    parked_as: str = PROJECTION
+    feed: bool = True
+
+
+LIVE = Tables()
+
+
 def lock_id(projection: str) -> int:
     """The advisory lock key of a projection."""
     return zlib.crc32(f"zapline.projection.{projection}".encode())
@@ -89,14 +108,18 @@ def run_batch(conn: Any, *, limit: int = BATCH_SIZE, wait: bool = True) -> Batch
         return batch
 
 
-def apply_events(cur: Any, events: list[Event], *, park: bool = True) -> Batch:
+def apply_events(
+    cur: Any, events: list[Event], *, park: bool = True, tables: Tables = LIVE
+) -> Batch:
     """Apply events to the stored projection inside the caller's transaction.
 
     An event whose projection raises is parked with its error (or, with park=False, its
-    error is re-raised) and the others go on.
+    error is re-raised) and the others go on. `tables` says where rows are read and written.
     """
     batch = Batch()
-    states = _load_messages(cur, {(e.instance, k) for e in events for k in messages.targets(e)})
+    states = _load_messages(
+        cur, {(e.instance, k) for e in events for k in messages.targets(e)}, tables
+    )
     loaded = dict(states)
     per_event: list[list[messages.MessageChange]] = []
     last_position: dict[tuple[str, str], int] = {}
@@ -108,14 +131,14 @@ def apply_events(cur: Any, events: list[Event], *, park: bool = True) -> Batch:
         except Exception as error:
             _restore(states, before)
             changes = []
-            _park_or_raise(cur, event, error, park, batch)
+            _park_or_raise(cur, event, error, park, batch, tables)
         per_event.append(changes)
         for key in keys:
             last_position[key] = event.position
 
     chat_keys = {(e.instance, jid) for e in events for jid in chats.targets(e)}
     chat_keys |= {(c.instance, c.message["chat_jid"]) for cs in per_event for c in cs}
-    chat_states = _load_chats(cur, chat_keys)
+    chat_states = _load_chats(cur, chat_keys, tables)
     chat_loaded = dict(chat_states)
     for event, changes in zip(events, per_event, strict=True):
         try:
@@ -123,16 +146,16 @@ def apply_events(cur: Any, events: list[Event], *, park: bool = True) -> Batch:
             for change in changes:
                 chats.apply_message(chat_states, change)
         except Exception as error:
-            _park_or_raise(cur, event, error, park, batch)
+            _park_or_raise(cur, event, error, park, batch, tables)
 
     # Within a batch only each key's final state reaches the feed: it carries the whole row.
     created = {
         (c.instance, c.key_id) for cs in per_event for c in cs if c.kind == "message.created"
     }
     changed = [k for k in states if states[k] is not loaded.get(k)]
-    final = _write_messages(cur, states, loaded, changed, last_position, batch)
+    final = _write_messages(cur, states, loaded, changed, last_position, batch, tables)
     changed_chats = [k for k in chat_states if chat_states[k] is not chat_loaded.get(k)]
-    _write_chats(cur, chat_states, changed_chats)
+    _write_chats(cur, chat_states, changed_chats, tables)
     items = [
         ("message.created" if k in created else "message.updated", k, final[k])
         for k in changed
@@ -143,7 +166,8 @@ def apply_events(cur: Any, events: list[Event], *, park: bool = True) -> Batch:
         for k in changed_chats
         if k not in chat_loaded or chat_loaded[k].chat != chat_states[k].chat
     ]
-    batch.feed = _append_feed(cur, items)
+    if tables.feed:
+        batch.feed = append_feed(cur, items)
     return batch
 
 
@@ -217,19 +241,21 @@ def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return [k[0] for k in keys], [k[1] for k in keys]
 
 
-def _load_messages(cur: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], MessageState]:
+def _load_messages(
+    cur: Any, keys: set[tuple[str, str]], tables: Tables
+) -> dict[tuple[str, str], MessageState]:
     if not keys:
         return {}
     instances, ids = _pairs(keys)
     cur.execute(
-        "SELECT m.instance, m.key_id, m.data, m.meta FROM messages m"
+        f"SELECT m.instance, m.key_id, m.data, m.meta FROM {tables.messages} m"
         " JOIN unnest(%s::text[], %s::text[]) AS k(instance, key_id)"
         " ON m.instance = k.instance AND m.key_id = k.key_id",
         (instances, ids),
     )
     states = {(i, k): MessageState(data, meta, ()) for i, k, data, meta in cur.fetchall()}
     cur.execute(
-        "SELECT h.instance, h.key_id, h.meta, h.held FROM message_holds h"
+        f"SELECT h.instance, h.key_id, h.meta, h.held FROM {tables.holds} h"
         " JOIN unnest(%s::text[], %s::text[]) AS k(instance, key_id)"
         " ON h.instance = k.instance AND h.key_id = k.key_id",
         (instances, ids),
@@ -239,12 +265,14 @@ def _load_messages(cur: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str]
     return states
 
 
-def _load_chats(cur: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], ChatState]:
+def _load_chats(
+    cur: Any, keys: set[tuple[str, str]], tables: Tables
+) -> dict[tuple[str, str], ChatState]:
     if not keys:
         return {}
     instances, jids = _pairs(keys)
     cur.execute(
-        "SELECT c.instance, c.chat_jid, c.data, c.meta FROM chats c"
+        f"SELECT c.instance, c.chat_jid, c.data, c.meta FROM {tables.chats} c"
         " JOIN unnest(%s::text[], %s::text[]) AS k(instance, chat_jid)"
         " ON c.instance = k.instance AND c.chat_jid = k.chat_jid",
         (instances, jids),
@@ -259,6 +287,7 @@ def _write_messages(
     changed: list[tuple[str, str]],
     last_position: dict[tuple[str, str], int],
     batch: Batch,
+    tables: Tables,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Write changed states; return the final public message of each key that has one."""
     final: dict[tuple[str, str], dict[str, Any]] = {}
@@ -286,7 +315,8 @@ def _write_messages(
     if rows:
         psycopg2.extras.execute_values(
             cur,
-            "INSERT INTO messages (instance, key_id, chat_jid, sent_at, data, meta, position)"
+            f"INSERT INTO {tables.messages}"
+            " (instance, key_id, chat_jid, sent_at, data, meta, position)"
             " VALUES %s ON CONFLICT (instance, key_id) DO UPDATE SET chat_jid = EXCLUDED.chat_jid,"
             " sent_at = EXCLUDED.sent_at, data = EXCLUDED.data, meta = EXCLUDED.meta,"
             " position = EXCLUDED.position, updated_at = now()",
@@ -297,7 +327,7 @@ def _write_messages(
     if holds:
         psycopg2.extras.execute_values(
             cur,
-            "INSERT INTO message_holds (instance, key_id, meta, held) VALUES %s"
+            f"INSERT INTO {tables.holds} (instance, key_id, meta, held) VALUES %s"
             " ON CONFLICT (instance, key_id) DO UPDATE SET meta = EXCLUDED.meta,"
             " held = EXCLUDED.held",
             holds,
@@ -307,7 +337,7 @@ def _write_messages(
     if released:
         instances, ids = _pairs(released)
         cur.execute(
-            "DELETE FROM message_holds h USING unnest(%s::text[], %s::text[]) AS k(i, id)"
+            f"DELETE FROM {tables.holds} h USING unnest(%s::text[], %s::text[]) AS k(i, id)"
             " WHERE h.instance = k.i AND h.key_id = k.id",
             (instances, ids),
         )
@@ -336,7 +366,10 @@ def _with_media_id(
 
 
 def _write_chats(
-    cur: Any, states: dict[tuple[str, str], ChatState], changed: list[tuple[str, str]]
+    cur: Any,
+    states: dict[tuple[str, str], ChatState],
+    changed: list[tuple[str, str]],
+    tables: Tables,
 ) -> None:
     if not changed:
         return
@@ -351,7 +384,7 @@ def _write_chats(
     ]
     psycopg2.extras.execute_values(
         cur,
-        "INSERT INTO chats (instance, chat_jid, last_message_at, data, meta) VALUES %s"
+        f"INSERT INTO {tables.chats} (instance, chat_jid, last_message_at, data, meta) VALUES %s"
         " ON CONFLICT (instance, chat_jid) DO UPDATE SET"
         " last_message_at = EXCLUDED.last_message_at, data = EXCLUDED.data,"
         " meta = EXCLUDED.meta, updated_at = now()",
@@ -361,7 +394,7 @@ def _write_chats(
     )
 
 
-def _append_feed(
+def append_feed(
     cur: Any, items: list[tuple[str, tuple[str, str], dict[str, Any]]]
 ) -> list[FeedItem]:
     """Give each change the next cursor of its instance and store it in the feed."""
@@ -403,7 +436,9 @@ def _restore(states: dict[Any, Any], before: dict[Any, Any]) -> None:
             states[key] = state
 
 
-def _park_or_raise(cur: Any, event: Event, error: Exception, park: bool, batch: Batch) -> None:
+def _park_or_raise(
+    cur: Any, event: Event, error: Exception, park: bool, batch: Batch, tables: Tables
+) -> None:
     if not park:
         raise error
     reason = f"{type(error).__name__}: {error}"[:2000]
@@ -412,6 +447,6 @@ def _park_or_raise(cur: Any, event: Event, error: Exception, park: bool, batch: 
         "INSERT INTO parked (projection, position, error) VALUES (%s, %s, %s)"
         " ON CONFLICT (projection, position) DO UPDATE SET error = EXCLUDED.error,"
         " attempts = parked.attempts + 1, parked_at = now()",
-        (PROJECTION, event.position, reason),
+        (tables.parked_as, event.position, reason),
     )
     batch.parked.append(event.position)

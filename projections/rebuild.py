@@ -1,0 +1,425 @@
+"""Zero-downtime rebuild: build a projection into shadow tables, catch up, swap in one step.
+
+1. Build. Shadow copies of `messages`, `message_holds` and `chats` are filled from position 0
+   with the same `apply_events` the live runner uses, in batches that each commit the shadow
+   rows with the shadow's checkpoint (the `rebuilds` row), so an interrupted rebuild resumes.
+   The shadow never reads past the live checkpoint, and it writes no feed: the live
+   projection keeps serving reads and projecting new events meanwhile.
+2. Swap, in one transaction under the projection's advisory lock (the live runner pauses
+   there): apply the last events up to the live checkpoint, compare shadow and live, report
+   the summary (a dry run stops here, keeping the shadow for the real run), append one feed
+   change per differing message or chat with cursors after the live head, then drop the live
+   tables and rename the shadows in their place. Readers wait only for the renames (a
+   catalog change) and then see the whole new projection; the checkpoint does not move.
+
+The `media` table is shared, not rebuilt: its ids are public (`GET /api/media/{id}`) and its
+storage state comes from uploads, not from events. The shadow upserts the same rows the live
+projection already made, and takes each message's media status from it at swap time.
+Rows the rebuild removes are counted but not pushed: the feed has no removal change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
+
+from events.errors import ZaplineError
+from events.store import Cursor, read_after
+from projections.runner import PROJECTION, FeedItem, Tables, append_feed, apply_events, lock_id
+
+log = logging.getLogger("zapline.rebuild")
+
+SHADOW = Tables(
+    messages="messages__rebuild",
+    holds="message_holds__rebuild",
+    chats="chats__rebuild",
+    parked_as=f"{PROJECTION}:rebuild",
+    feed=False,
+)
+PAIRS = (("messages", SHADOW.messages), ("message_holds", SHADOW.holds), ("chats", SHADOW.chats))
+BATCH = 5000
+# Feed changes a swap hands back for live fan-out; beyond this, sockets fill from the feed.
+PUBLISH_AT_MOST = 10_000
+SWAP_ATTEMPTS = 3
+_SOURCES = ("messages.py", "chats.py", "payload.py", "runner.py", "rebuild.py")
+
+
+class RebuildError(ZaplineError):
+    """A rebuild cannot start or finish."""
+
+
+class AlreadyRunning(RebuildError):
+    """Another process is rebuilding this projection."""
+
+
+@dataclass
+class Summary:
+    """What differs between the shadow and the live projection, per table."""
+
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def render(self) -> str:
+        return "; ".join(
+            f"{name}: {c['added']} added, {c['removed']} removed, {c['changed']} changed"
+            for name, c in self.tables.items()
+        )
+
+
+@dataclass
+class Outcome:
+    """How a run ended: swapped, built (dry run) or paused (stopped before the swap)."""
+
+    state: str
+    events: int = 0
+    summary: Summary | None = None
+    feed: list[FeedItem] = field(default_factory=list)
+    feed_changes: int = 0
+
+
+Progress = Callable[[int, int], None]
+
+
+def run(
+    conn: Any,
+    name: str = PROJECTION,
+    *,
+    dry_run: bool = False,
+    progress: Progress = lambda done, total: None,
+    on_summary: Callable[[Summary], None] = lambda summary: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    batch: int = BATCH,
+) -> Outcome:
+    """Rebuild `name` without read downtime; resume a shadow left by an interrupted run.
+
+    Raises:
+        AlreadyRunning: another process holds this projection's rebuild lock.
+        RebuildError: the projection is unknown, or the swap could not take its locks.
+    """
+    if name != PROJECTION:
+        raise RebuildError(f"unknown projection {name!r}")
+    conn.autocommit = False
+    _take_rebuild_lock(conn, name)
+    try:
+        done, total = _prepare(conn, name, dry_run)
+        progress(done, total)
+        done = _build(conn, name, done, total, progress, should_stop, batch)
+        if should_stop():
+            return Outcome("paused", done)
+        for attempt in range(1, SWAP_ATTEMPTS + 1):
+            try:
+                return _swap(conn, name, dry_run, on_summary, batch, done)
+            except psycopg2.errors.LockNotAvailable as error:
+                conn.rollback()
+                log.warning("swap could not take its locks", extra={"fields": {"try": attempt}})
+                if attempt == SWAP_ATTEMPTS:
+                    raise RebuildError(f"swap: {str(error).strip()}") from error
+                done = _build(conn, name, done, total, progress, should_stop, batch)
+        raise AssertionError("not reached")
+    except Exception as error:
+        conn.rollback()
+        _set_failed(conn, name, error)
+        raise
+    finally:
+        _release_rebuild_lock(conn, name)
+
+
+def discard(conn: Any, name: str = PROJECTION) -> None:
+    """Drop a shadow left by a dry run or an interrupted rebuild.
+
+    Raises:
+        AlreadyRunning: a rebuild is running; it would be left without its tables.
+    """
+    _take_rebuild_lock(conn, name)
+    try:
+        with conn, conn.cursor() as cur:
+            _drop_shadow(cur)
+            cur.execute(
+                "UPDATE rebuilds SET state = 'discarded', updated_at = now(),"
+                " finished_at = now() WHERE projection = %s",
+                (name,),
+            )
+    finally:
+        _release_rebuild_lock(conn, name)
+
+
+def is_running(cur: Any, name: str = PROJECTION) -> bool:
+    """Whether some session holds the rebuild lock of `name`."""
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid = 0 AND objid = %s::bigint::oid AND objsubid = 1)",
+        (_rebuild_lock(name),),
+    )
+    return bool(cur.fetchone()[0])
+
+
+# --- phases ---------------------------------------------------------------------------------
+
+
+def _prepare(conn: Any, name: str, dry_run: bool) -> tuple[int, int]:
+    """Resume the shadow if it was built by this code, else start one; return (done, total)."""
+    with conn, conn.cursor() as cur:
+        version = _version(cur)
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (SHADOW.messages,))
+        shadow_exists = cur.fetchone()[0]
+        cur.execute(
+            "SELECT version, events_done FROM rebuilds WHERE projection = %s FOR UPDATE", (name,)
+        )
+        row = cur.fetchone()
+        cur.execute("SELECT count(*) FROM events")
+        total = int(cur.fetchone()[0])
+        if shadow_exists and row is not None and row[0] == version:
+            cur.execute(
+                "UPDATE rebuilds SET state = 'building', dry_run = %s, events_total = %s,"
+                " error = NULL, updated_at = now() WHERE projection = %s",
+                (dry_run, total, name),
+            )
+            log.info("resuming rebuild", extra={"fields": {"events_done": row[1]}})
+            return int(row[1]), total
+        _drop_shadow(cur)
+        for live, shadow in PAIRS:
+            cur.execute(f"CREATE TABLE {shadow} (LIKE {live} INCLUDING ALL)")
+        cur.execute(
+            "INSERT INTO rebuilds (projection, state, version, dry_run, events_total,"
+            " started_at) VALUES (%s, 'building', %s, %s, %s, now())"
+            " ON CONFLICT (projection) DO UPDATE SET state = 'building',"
+            " version = EXCLUDED.version, txid = 0, position = 0, events_done = 0,"
+            " events_total = EXCLUDED.events_total, dry_run = EXCLUDED.dry_run,"
+            " summary = NULL, error = NULL, started_at = now(), updated_at = now(),"
+            " finished_at = NULL",
+            (name, version, dry_run, total),
+        )
+        return 0, total
+
+
+def _build(
+    conn: Any,
+    name: str,
+    done: int,
+    total: int,
+    progress: Progress,
+    should_stop: Callable[[], bool],
+    batch: int,
+) -> int:
+    """Apply batches to the shadow until it is within one batch of the live checkpoint."""
+    while not should_stop():
+        with conn, conn.cursor() as cur:
+            # The shadow is rebuildable: a crash may lose its last batches, never their order.
+            cur.execute("SET LOCAL synchronous_commit = off")
+            applied = _apply_shadow_batch(cur, name, _live_checkpoint(cur), batch)
+        done += applied
+        progress(done, max(total, done))
+        if applied < batch:
+            break
+    return done
+
+
+def _swap(
+    conn: Any,
+    name: str,
+    dry_run: bool,
+    on_summary: Callable[[Summary], None],
+    batch: int,
+    done: int,
+) -> Outcome:
+    with conn, conn.cursor() as cur:
+        cur.execute("SET LOCAL lock_timeout = '10s'")
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(name),))
+        live = _live_checkpoint(cur)
+        while applied := _apply_shadow_batch(cur, name, live, batch):
+            done += applied
+        _refresh_media_status(cur)
+        summary = _summarise(cur)
+        on_summary(summary)
+        if dry_run:
+            _finish(cur, name, "built", summary)
+            return Outcome("built", done, summary)
+        feed, count = _emit_differences(cur)
+        cur.execute("DELETE FROM parked WHERE projection = %s", (name,))
+        cur.execute(
+            "UPDATE parked SET projection = %s WHERE projection = %s", (name, SHADOW.parked_as)
+        )
+        # Readers queue behind these renames; if one holds them up, give up and retry.
+        cur.execute("SET LOCAL lock_timeout = '3s'")
+        for live_table, shadow in PAIRS:
+            _replace(cur, live_table, shadow)
+        _finish(cur, name, "done", summary)
+    return Outcome("done", done, summary, feed, count)
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+
+def _apply_shadow_batch(cur: Any, name: str, live: Cursor, batch: int) -> int:
+    cur.execute("SELECT txid, position FROM rebuilds WHERE projection = %s FOR UPDATE", (name,))
+    txid, position = cur.fetchone()
+    read = read_after(cur, Cursor(txid, position), batch, upto=live)
+    if not read:
+        return 0
+    apply_events(cur, [event for _, event in read], tables=SHADOW)
+    last = read[-1][0]
+    cur.execute(
+        "UPDATE rebuilds SET txid = %s, position = %s, events_done = events_done + %s,"
+        " updated_at = now() WHERE projection = %s",
+        (last.txid, last.position, len(read), name),
+    )
+    return len(read)
+
+
+def _live_checkpoint(cur: Any) -> Cursor:
+    cur.execute("SELECT txid, position FROM checkpoints WHERE projection = %s", (PROJECTION,))
+    txid, position = cur.fetchone()
+    return Cursor(txid, position)
+
+
+def _refresh_media_status(cur: Any) -> None:
+    """Take each shadow message's media status from `media`, where the uploader keeps it."""
+    cur.execute(
+        f"UPDATE {SHADOW.messages} s SET data = jsonb_set(s.data, '{{media,status}}',"
+        " to_jsonb(m.status)) FROM media m"
+        " WHERE m.instance = s.instance AND m.key_id = s.key_id"
+        " AND jsonb_typeof(s.data->'media') = 'object'"
+        " AND s.data->'media'->>'status' IS DISTINCT FROM m.status"
+    )
+
+
+_KEYS = {"messages": "key_id", "message_holds": "key_id", "chats": "chat_jid"}
+_COMPARED = {"messages": "data", "message_holds": "held", "chats": "data"}
+
+
+def _summarise(cur: Any) -> Summary:
+    summary = Summary()
+    for live, shadow in PAIRS:
+        key, column = _KEYS[live], _COMPARED[live]
+        cur.execute(
+            f"SELECT count(*) FILTER (WHERE l.{key} IS NULL),"
+            f" count(*) FILTER (WHERE s.{key} IS NULL),"
+            f" count(*) FILTER (WHERE l.{column} <> s.{column})"
+            f" FROM {live} l FULL JOIN {shadow} s"
+            f" ON l.instance = s.instance AND l.{key} = s.{key}"
+        )
+        added, removed, changed = cur.fetchone()
+        summary.tables[live] = {"added": added, "removed": removed, "changed": changed}
+    return summary
+
+
+def _emit_differences(cur: Any) -> tuple[list[FeedItem], int]:
+    """Append a feed change for every message and chat the shadow adds or changes."""
+    queries = (
+        f"SELECT CASE WHEN l.key_id IS NULL THEN 'message.created' ELSE 'message.updated' END,"
+        f" s.instance, s.key_id, s.data FROM {SHADOW.messages} s LEFT JOIN messages l"
+        " ON l.instance = s.instance AND l.key_id = s.key_id"
+        " WHERE l.key_id IS NULL OR l.data <> s.data ORDER BY s.position, s.instance, s.key_id",
+        f"SELECT 'chat.updated', s.instance, s.chat_jid, s.data FROM {SHADOW.chats} s"
+        " LEFT JOIN chats l ON l.instance = s.instance AND l.chat_jid = s.chat_jid"
+        " WHERE l.chat_jid IS NULL OR l.data <> s.data ORDER BY s.instance, s.chat_jid",
+    )
+    kept: list[FeedItem] = []
+    count = 0
+    for n, query in enumerate(queries):
+        with cur.connection.cursor(name=f"zapline_rebuild_diff_{n}") as rows:
+            rows.itersize = 2000
+            rows.execute(query)
+            while chunk := rows.fetchmany(2000):
+                items = [(kind, (instance, key), data) for kind, instance, key, data in chunk]
+                appended = append_feed(cur, items)
+                count += len(appended)
+                if count <= PUBLISH_AT_MOST:
+                    kept += appended
+    return (kept if count <= PUBLISH_AT_MOST else []), count
+
+
+def _replace(cur: Any, live: str, shadow: str) -> None:
+    """Put `shadow` in the place of `live`, indexes and constraints keeping their names."""
+    names = _index_names(cur, live)
+    shadow_names = _index_names(cur, shadow)
+    cur.execute(f"DROP TABLE {live}")
+    cur.execute(f"ALTER TABLE {shadow} RENAME TO {live}")
+    for shape, index in shadow_names.items():
+        wanted = names.get(shape)
+        if wanted is not None and wanted != index:
+            cur.execute(f'ALTER INDEX "{index}" RENAME TO "{wanted}"')
+
+
+def _index_names(cur: Any, table: str) -> dict[str, str]:
+    """Index name by its definition with the index and table names taken out."""
+    cur.execute(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
+        (table,),
+    )
+    found = {}
+    for index, definition in cur.fetchall():
+        shape = re.sub(r"INDEX \S+ ON \S+", "INDEX ON", definition)
+        found[shape] = index
+    return found
+
+
+def _finish(cur: Any, name: str, state: str, summary: Summary) -> None:
+    cur.execute(
+        "UPDATE rebuilds SET state = %s, summary = %s, updated_at = now(), finished_at = now()"
+        " WHERE projection = %s",
+        (state, psycopg2.extras.Json(summary.tables), name),
+    )
+
+
+def _set_failed(conn: Any, name: str, error: Exception) -> None:
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "UPDATE rebuilds SET state = 'failed', error = %s, updated_at = now()"
+                " WHERE projection = %s",
+                (f"{type(error).__name__}: {error}"[:2000], name),
+            )
+    except psycopg2.Error:
+        log.warning("could not record the failed rebuild")
+
+
+def _drop_shadow(cur: Any) -> None:
+    for _, shadow in PAIRS:
+        cur.execute(f"DROP TABLE IF EXISTS {shadow}")
+    cur.execute("DELETE FROM parked WHERE projection = %s", (SHADOW.parked_as,))
+
+
+def _version(cur: Any) -> str:
+    """A digest of the projection code and of the live tables' columns."""
+    digest = hashlib.sha256()
+    folder = Path(__file__).resolve().parent
+    for source in _SOURCES:
+        digest.update((folder / source).read_bytes())
+    cur.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = ANY(%s)"
+        " ORDER BY table_name, ordinal_position",
+        ([live for live, _ in PAIRS],),
+    )
+    digest.update(repr(cur.fetchall()).encode())
+    return digest.hexdigest()[:16]
+
+
+def _rebuild_lock(name: str) -> int:
+    return lock_id(f"{name}.rebuild")
+
+
+def _take_rebuild_lock(conn: Any, name: str) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (_rebuild_lock(name),))
+        if not cur.fetchone()[0]:
+            raise AlreadyRunning(f"a rebuild of {name} is already running")
+
+
+def _release_rebuild_lock(conn: Any, name: str) -> None:
+    # A broken connection has released its session lock already.
+    with contextlib.suppress(psycopg2.Error):
+        conn.rollback()
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (_rebuild_lock(name),))
