@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import falcon
+import gevent
 
+from api.admin import (
+    AdminAuth,
+    BadAdminToken,
+    Conflict,
+    ProjectionsResource,
+    RebuildResource,
+    UnknownProjection,
+)
 from api.auth import Unauthorized, WebhookAuth
 from api.health import HealthResource, Lifecycle, ReadyResource
 from api.ingest import GroupCommitter
 from api.live import WS_PATH, Hub, LiveResource, UpgradeRequired
+from api.metrics import MeasuredCommitter, MetricsResource, StateCollector, WebhookOutcomes
+from api.openapi import OpenApiResource
 from api.reads import BadQuery, add_read_routes
 from api.requestlog import RequestLog
 from api.tokens import ApiAuth, BadApiToken, NotFound
@@ -21,7 +34,7 @@ from events.pool import Pool
 from events.store import EventStore
 from migrations import runner as migrations
 from pipeline import heartbeat, logs, probes
-from pipeline.actors import project_messages
+from pipeline.actors import project_messages, rebuild_projection
 from pipeline.broker import broker
 from pipeline.config import Settings
 from pipeline.wakeup import WakeUps
@@ -45,7 +58,8 @@ class Services:
 
 def create_app(settings: Settings, services: Services) -> falcon.App:
     """Wire resources, middleware and the one error-handler table."""
-    app = falcon.App(middleware=[RequestLog()])
+    middleware: list[Any] = [RequestLog(), WebhookOutcomes()]
+    app = falcon.App(middleware=middleware)
     app.req_options.auto_parse_form_urlencoded = False
     webhooks = WebhookResource(
         WebhookAuth(settings.webhook_token, settings.webhook_jwt_secret),
@@ -75,6 +89,20 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
         WS_PATH,
         LiveResource(ApiAuth(settings.api_tokens), services.hub, services.pool, services.lifecycle),
     )
+    admin = AdminAuth(settings.admin_token)
+    app.add_route("/admin/projections", ProjectionsResource(admin, services.pool))
+    app.add_route(
+        "/admin/projections/{name}/rebuild", RebuildResource(admin, services.pool, _send_rebuild)
+    )
+    app.add_route(
+        "/metrics",
+        MetricsResource(
+            admin,
+            StateCollector(services.pool, redis),
+            multiprocess=settings.prometheus_multiproc_dir is not None,
+        ),
+    )
+    app.add_route("/openapi.json", OpenApiResource())
     for error, status in _ERRORS.items():
         app.add_error_handler(error, _handler(status))
     return app
@@ -89,7 +117,7 @@ def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> S
     pool = Pool(settings.database_url, size=8, statement_timeout_ms=15_000)
     store = EventStore(pool)
     wakeups = WakeUps(project_messages.send, drop_connection)
-    committer = GroupCommitter(store.append, on_commit=wakeups.notify)
+    committer = MeasuredCommitter(store.append, on_commit=wakeups.notify)
     lifecycle = lifecycle or Lifecycle()
     hub = Hub(probes.redis_subscriber(settings.redis_url), pool)
     lifecycle.on_drain.append(hub.close_all)
@@ -107,6 +135,31 @@ def get_app() -> falcon.App:
     return create_app(settings, create_services(settings, LIFECYCLE))
 
 
+class BrokerUnavailable(ZaplineError):
+    """RabbitMQ did not take a message the request needs sent."""
+
+
+def _send_rebuild(name: str) -> None:
+    """Send the rebuild to the worker from this request greenlet.
+
+    Dramatiq keeps its connection greenlet-local under gevent, so a send from a request
+    greenlet opens one; rebuild requests are rare, so it is closed right after.
+
+    Raises:
+        BrokerUnavailable: the message was not confirmed within 5 s.
+    """
+    try:
+        with gevent.Timeout(5):
+            rebuild_projection.send(name)
+    except BaseException as error:
+        if isinstance(error, gevent.GreenletExit):
+            raise
+        raise BrokerUnavailable(f"rebuild not sent: {type(error).__name__}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            del broker.connection
+
+
 # Flipped to draining by the gunicorn worker's SIGTERM handler (pipeline/web.py).
 LIFECYCLE = Lifecycle()
 
@@ -114,6 +167,10 @@ _ERRORS: dict[type[ZaplineError], str] = {
     Unauthorized: falcon.HTTP_401,
     BadApiToken: falcon.HTTP_401,
     NotFound: falcon.HTTP_404,
+    BadAdminToken: falcon.HTTP_401,
+    UnknownProjection: falcon.HTTP_404,
+    Conflict: falcon.HTTP_409,
+    BrokerUnavailable: falcon.HTTP_503,
     UpgradeRequired: falcon.HTTP_426,
     BadQuery: falcon.HTTP_400,
     BodyTooLarge: falcon.HTTP_413,
@@ -129,8 +186,9 @@ def _handler(status: str) -> Callable[..., None]:
         body: dict[str, object] = {"error": str(error)}
         if status == falcon.HTTP_503:
             resp.set_header("Retry-After", RETRY_AFTER_SECONDS)
-            body = {"error": "database unavailable, retry later"}
-            log.warning("store unavailable", extra={"fields": {"reason": str(error)[:300]}})
+            if isinstance(error, StoreUnavailable):
+                body = {"error": "database unavailable, retry later"}
+            log.warning("unavailable", extra={"fields": {"reason": str(error)[:300]}})
         if "quarantine_id" in req.context:
             body["quarantine_id"] = req.context.quarantine_id
         resp.media = body

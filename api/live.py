@@ -23,6 +23,7 @@ from gevent.queue import Empty, Full, Queue
 from geventwebsocket.exceptions import WebSocketError
 
 from api.health import Lifecycle
+from api.metrics import WEBSOCKET_CLIENTS
 from api.reads import BadQuery, read_feed
 from api.tokens import ApiAuth
 from events.errors import ZaplineError
@@ -127,6 +128,7 @@ class Hub:
         if not self._greenlets:
             self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._check)]
         self._subscribers.setdefault(sub.instance, set()).add(sub)
+        WEBSOCKET_CLIENTS.set(self.count())
 
     def remove(self, sub: Subscriber) -> None:
         subs = self._subscribers.get(sub.instance)
@@ -134,6 +136,7 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._subscribers[sub.instance]
+        WEBSOCKET_CLIENTS.set(self.count())
 
     def count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())

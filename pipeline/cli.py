@@ -1,4 +1,4 @@
-"""python -m pipeline: web, worker, migrate, status, replay, dev.
+"""python -m pipeline: web, worker, migrate, status, replay, rebuild, dev.
 
 Every command exits 0 on success, 1 on failure (one line on stderr), 2 on bad usage.
 """
@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from events.errors import ZaplineError
 from pipeline.config import Settings
@@ -30,8 +31,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--from", dest="first", type=_position, default=1, metavar="POS")
     replay.add_argument("--to", dest="last", type=_position, metavar="POS")
     replay.add_argument("--instance", metavar="NAME")
+    replay.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        default=[],
+        metavar="EVENT",
+        help="only events of this type, e.g. messages.update (repeatable)",
+    )
+    replay.add_argument("--chat", metavar="JID", help="only events that name this chat")
+    replay.add_argument("--since", type=_time, metavar="ISO", help="received at or after")
+    replay.add_argument("--until", type=_time, metavar="ISO", help="received before")
     replay.add_argument("--parked", action="store_true", help="only the parked events")
     replay.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    rebuild = commands.add_parser(
+        "rebuild", help="rebuild a projection from the first event without read downtime"
+    )
+    rebuild.add_argument("name", choices=["messages"], metavar="NAME", help="messages")
+    rebuild.add_argument(
+        "--dry-run", action="store_true", help="build and print the differences; do not swap"
+    )
+    rebuild.add_argument(
+        "--discard", action="store_true", help="drop a shadow left by a dry or interrupted run"
+    )
     commands.add_parser("dev", help="run everything locally in the foreground (make run)")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
@@ -40,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate": _migrate,
         "status": _status,
         "replay": _replay,
+        "rebuild": _rebuild,
         "dev": _dev,
     }
     try:
@@ -100,7 +123,16 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.progress import Progress
     from projections.replay import Selection, count, replay
 
-    selection = Selection(args.first, args.last, args.instance, args.parked)
+    selection = Selection(
+        args.first,
+        args.last,
+        args.instance,
+        args.parked,
+        types=tuple(args.types),
+        chat=args.chat,
+        since=args.since,
+        until=args.until,
+    )
     pool = Pool(settings.database_url, size=1)
     with pool.connection() as conn:
         progress = Progress("replay", count(conn, selection))
@@ -113,6 +145,47 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         f" parked {len(result.parked)}, unparked {result.unparked}"
     )
     return 0
+
+
+def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline import rebuilds
+    from pipeline.progress import Progress
+    from projections import rebuild
+
+    with rebuilds.connection(settings) as conn:
+        if args.discard:
+            rebuild.discard(conn, args.name)
+            print(f"rebuild of {args.name}: shadow discarded")
+            return 0
+        progress = Progress("rebuild", 0)
+        outcome = rebuild.run(
+            conn,
+            args.name,
+            dry_run=args.dry_run,
+            progress=progress.update,
+            on_summary=lambda summary: print(
+                f"differences (shadow vs live): {summary.render()}", flush=True
+            ),
+        )
+        progress.done()
+    rebuilds.publish(settings, outcome)
+    if outcome.state == "built":
+        print(f"dry run: {outcome.events} events built into the shadow; nothing swapped")
+    else:
+        print(
+            f"rebuilt {args.name} from {outcome.events} events and swapped it in;"
+            f" {outcome.feed_changes} feed changes"
+        )
+    return 0
+
+
+def _time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    # A time without an offset is read as UTC, the zone events are received in.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _position(text: str) -> int:

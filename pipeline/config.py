@@ -48,6 +48,8 @@ class Settings:
     web_worker_connections: int = 10000
     worker_processes: int = 1
     worker_threads: int = 8
+    # Where gunicorn workers keep their metrics for /metrics to sum (pipeline/web.py sets it).
+    prometheus_multiproc_dir: str | None = None
     production: bool = False
 
     @classmethod
@@ -105,6 +107,7 @@ class Settings:
             web_worker_connections=number("WEB_WORKER_CONNECTIONS", 10, 100_000),
             worker_processes=number("WORKER_PROCESSES", 1, 64),
             worker_threads=number("WORKER_THREADS", 1, 256),
+            prometheus_multiproc_dir=get("PROMETHEUS_MULTIPROC_DIR"),
             production=production,
         )
         if problems:

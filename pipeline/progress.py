@@ -20,8 +20,10 @@ class Progress:
         self._last = 0.0
         self._done = 0
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, total: int | None = None) -> None:
         self._done = done
+        if total is not None:
+            self._total = total
         if time.monotonic() - self._last >= self._every:
             self._last = time.monotonic()
             self._write()

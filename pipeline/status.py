@@ -11,8 +11,9 @@ import pika.exceptions
 from events.pool import Pool
 from pipeline import heartbeat, probes
 from pipeline.config import Settings
+from projections.rebuild import is_running
 
-QUEUES = ("projections",)
+QUEUES = ("projections", "rebuilds")
 
 
 def projections(pool: Pool) -> list[dict[str, Any]]:
@@ -30,6 +31,7 @@ def projections(pool: Pool) -> list[dict[str, Any]]:
             " FROM checkpoints c ORDER BY c.projection"
         )
         rows = cur.fetchall()
+        rebuilds = {row["projection"]: row for row in _rebuilds(cur)}
     now = datetime.now(UTC)
     return [
         {
@@ -40,9 +42,46 @@ def projections(pool: Pool) -> list[dict[str, Any]]:
             "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
             "parked": parked,
             "checkpoint_moved_at": moved.isoformat(),
+            "rebuild": rebuilds.get(name),
         }
         for name, _txid, position, moved, lag, oldest, parked in rows
     ]
+
+
+def _rebuilds(cur: Any) -> list[dict[str, Any]]:
+    """The latest rebuild of each projection, with its rate and ETA while it builds."""
+    cur.execute(
+        "SELECT projection, state, events_done, events_total, dry_run, summary, error,"
+        " requested_at, started_at, updated_at, finished_at FROM rebuilds"
+    )
+    found = []
+    for row in cur.fetchall():
+        (name, state, done, total, dry_run, summary, error, requested, started, moved, ended) = row
+        running = is_running(cur, name)
+        if state == "building" and not running:
+            state = "interrupted"  # resumed by the next rebuild of the same code
+        seconds = (moved - started).total_seconds() if started and state != "requested" else 0
+        rate = done / seconds if seconds > 0 else None
+        found.append(
+            {
+                "projection": name,
+                "state": state,
+                "running": running,
+                "events_done": done,
+                "events_total": max(total, done),
+                "rate_per_second": round(rate, 1) if rate else None,
+                "eta_seconds": round(max(total - done, 0) / rate, 1)
+                if rate and state == "building"
+                else None,
+                "dry_run": dry_run,
+                "summary": summary,
+                "error": error,
+                "requested_at": requested.isoformat() if requested else None,
+                "started_at": started.isoformat() if started else None,
+                "finished_at": ended.isoformat() if ended else None,
+            }
+        )
+    return found
 
 
 def queue_depths(url: str) -> dict[str, int | None]:
@@ -97,6 +136,12 @@ def render(report: dict[str, Any]) -> str:
             f"projection {p['projection']}: checkpoint {p['checkpoint']}, head {p['head']},"
             f" lag {p['lag_events']} events / {p['lag_seconds']:.1f} s, parked {p['parked']}"
         )
+        rebuild = p.get("rebuild")
+        if rebuild:
+            lines.append(
+                f"  rebuild: {rebuild['state']}, {rebuild['events_done']}"
+                f"/{rebuild['events_total']} events"
+            )
     workers = report["workers"]
     if workers is None:
         lines.append("workers: unknown (Redis did not answer)")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -33,6 +37,7 @@ class WebApplication(BaseApplication):
             "accesslog": None,  # api/requestlog.py writes one JSON line per request
             "errorlog": "-",
             "proc_name": "zapline-web",
+            "child_exit": _forget_worker_metrics,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -45,4 +50,31 @@ class WebApplication(BaseApplication):
 
 def serve(settings: Settings, bind: str | None = None) -> None:
     """Run the web service in the foreground until SIGTERM or SIGINT."""
-    WebApplication(settings, bind).run()
+    made = _prepare_metrics_dir(settings.prometheus_multiproc_dir)
+    try:
+        WebApplication(settings, bind).run()
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _prepare_metrics_dir(configured: str | None) -> Path | None:
+    """Give the gunicorn workers one empty folder to keep their metrics in.
+
+    prometheus-client's multiprocess mode reads PROMETHEUS_MULTIPROC_DIR when it is first
+    imported, which happens in each worker after fork; files left by an earlier run would add
+    their counts to ours, so the folder is emptied first. Returns the folder if made here.
+    """
+    folder = Path(configured or tempfile.mkdtemp(prefix="zapline-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return None if configured else folder
+
+
+def _forget_worker_metrics(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

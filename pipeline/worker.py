@@ -44,6 +44,7 @@ class Projector:
         self._last_beat = 0.0
         self._last_prune = 0.0
         self.checkpoint = Cursor()
+        self.projected = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -78,6 +79,7 @@ class Projector:
 
     def _after_commit(self, batch: runner.Batch) -> None:
         self.checkpoint = batch.cursor
+        self.projected += batch.events
         try:
             fanout.publish(self._redis, batch.feed)
         except Exception as error:  # clients fill the gap from the feed table
@@ -100,6 +102,7 @@ class Projector:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "checkpoint": self.checkpoint.position,
+            "projected": self.projected,
         }
         try:
             heartbeat.beat(self._redis, self._worker_id, info)
@@ -112,6 +115,8 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Set at shutdown: long actors (a rebuild) stop at their next safe point.
+        self.stopping = threading.Event()
         self.projector = Projector(
             settings, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
@@ -138,5 +143,6 @@ class WorkerRuntime(dramatiq.Middleware):
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if _RUNTIME is not None:
+            _RUNTIME.stopping.set()
             _RUNTIME.projector.stop()
             log.info("projector stopped", extra={"fields": {"pid": os.getpid()}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from events.event import Event
@@ -25,12 +26,21 @@ class ReplayResult:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which stored events to replay."""
+    """Which stored events to replay; every filter given must hold.
+
+    `chat` matches events whose payload names the chat: `data.key.remoteJid` (messages),
+    `data.remoteJid` (statuses) or a `remoteJid` in a `data` list (chats, contacts).
+    `since`/`until` bound `received_at`, since inclusive, until exclusive.
+    """
 
     first: int = 1
     last: int | None = None
     instance: str | None = None
     parked_only: bool = False
+    types: tuple[str, ...] = ()
+    chat: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 def count(conn: Any, selection: Selection) -> int:
@@ -95,6 +105,23 @@ def _where(selection: Selection) -> tuple[str, tuple[Any, ...]]:
     if selection.instance is not None:
         clauses.append("e.instance = %s")
         params.append(selection.instance)
+    if selection.types:
+        clauses.append("e.type = ANY(%s)")
+        params.append(list(selection.types))
+    if selection.chat is not None:
+        clauses.append(
+            "(e.payload #>> '{data,key,remoteJid}' = %s OR e.payload #>> '{data,remoteJid}' = %s"
+            " OR (jsonb_typeof(e.payload->'data') = 'array'"
+            " AND e.payload->'data'"
+            " @> jsonb_build_array(jsonb_build_object('remoteJid', %s::text))))"
+        )
+        params += [selection.chat] * 3
+    if selection.since is not None:
+        clauses.append("e.received_at >= %s")
+        params.append(selection.since)
+    if selection.until is not None:
+        clauses.append("e.received_at < %s")
+        params.append(selection.until)
     if selection.parked_only:
         clauses.append("e.position IN (SELECT position FROM parked WHERE projection = %s)")
         params.append(PROJECTION)

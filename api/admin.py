@@ -1,0 +1,103 @@
+"""Admin routes behind ADMIN_TOKEN: projections and their rebuilds."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+
+import falcon
+
+from events.errors import ZaplineError
+from events.pool import Pool
+from pipeline import status
+from projections import rebuild
+from projections.runner import PROJECTION
+
+PROJECTIONS = (PROJECTION,)
+# A request not picked up by a worker within this long may be asked for again.
+REQUEST_STALE_SECONDS = 600
+
+
+class BadAdminToken(ZaplineError):
+    """An admin request without the admin token."""
+
+
+class Conflict(ZaplineError):
+    """The request clashes with what is already happening (a rebuild is running)."""
+
+
+class AdminAuth:
+    """Checks `Authorization: Bearer <ADMIN_TOKEN>` in constant time; no token, no admin."""
+
+    def __init__(self, token: str | None) -> None:
+        self._digest = _digest(token) if token else None
+
+    def require(self, req: falcon.Request) -> None:
+        """Let the request through only with the admin token.
+
+        Raises:
+            BadAdminToken: no token, a wrong one, or ADMIN_TOKEN is not set.
+        """
+        header = req.get_header("Authorization") or ""
+        scheme, _, offered = header.partition(" ")
+        ok = hmac.compare_digest(_digest(offered.strip()), self._digest or b"")
+        if scheme.lower() != "bearer" or not offered.strip() or self._digest is None or not ok:
+            raise BadAdminToken("missing or invalid admin token")
+
+
+class ProjectionsResource:
+    """GET /admin/projections: checkpoint, head, lag, parked count and rebuild per projection."""
+
+    def __init__(self, auth: AdminAuth, pool: Pool) -> None:
+        self._auth = auth
+        self._pool = pool
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._auth.require(req)
+        resp.cache_control = ["no-store"]
+        resp.media = {"projections": status.projections(self._pool)}
+
+
+class RebuildResource:
+    """POST /admin/projections/{name}/rebuild: ask the worker for a zero-downtime rebuild."""
+
+    def __init__(self, auth: AdminAuth, pool: Pool, send: Callable[[str], None]) -> None:
+        self._auth = auth
+        self._pool = pool
+        self._send = send
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        self._auth.require(req)
+        if name not in PROJECTIONS:
+            raise UnknownProjection(f"no projection named {name!r}")
+        with self._pool.connection() as conn, conn, conn.cursor() as cur:
+            if rebuild.is_running(cur, name):
+                raise Conflict(f"a rebuild of {name} is already running")
+            # One pending request at a time; a stale one (no worker took it) may be renewed.
+            cur.execute(
+                "INSERT INTO rebuilds (projection, state, requested_at) VALUES (%s, 'requested',"
+                " now()) ON CONFLICT (projection) DO UPDATE SET state = 'requested',"
+                " requested_at = now(), error = NULL, updated_at = now()"
+                " WHERE rebuilds.state <> 'requested'"
+                " OR rebuilds.requested_at < now() - make_interval(secs => %s)"
+                " RETURNING requested_at",
+                (name, REQUEST_STALE_SECONDS),
+            )
+            if cur.fetchone() is None:
+                raise Conflict(f"a rebuild of {name} is already requested")
+        self._send(name)
+        resp.status = falcon.HTTP_202
+        resp.media = {
+            "projection": name,
+            "state": "requested",
+            "status_url": "/admin/projections",
+        }
+
+
+class UnknownProjection(ZaplineError):
+    """No projection has that name."""
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
