@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rebuild.add_argument(
         "--discard", action="store_true", help="drop a shadow left by a dry or interrupted run"
     )
+    rebuild.add_argument(
+        "--batch", type=_position, default=5000, metavar="N", help="events per shadow transaction"
+    )
     commands.add_parser("dev", help="run everything locally in the foreground (make run)")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
@@ -162,6 +165,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
             conn,
             args.name,
             dry_run=args.dry_run,
+            batch=max(args.batch, 1),
             progress=progress.update,
             on_summary=lambda summary: print(
                 f"differences (shadow vs live): {summary.render()}", flush=True

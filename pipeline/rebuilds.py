@@ -46,6 +46,18 @@ def publish(settings: Settings, outcome: rebuild.Outcome) -> None:
         log.warning("rebuild fan-out failed", extra={"fields": {"error": type(error).__name__}})
 
 
+def _wanted(conn: Any, name: str) -> bool:
+    """Whether this database asked for the rebuild (or has one to resume or retry).
+
+    A message outliving its purpose (redelivered after the swap, or sent for another
+    database sharing the broker) must not start a rebuild nobody asked for.
+    """
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT state FROM rebuilds WHERE projection = %s", (name,))
+        row = cur.fetchone()
+    return row is not None and row[0] in ("requested", "building", "failed")
+
+
 def run_in_worker(settings: Settings, name: str, stopping: Callable[[], bool]) -> str:
     """Run or resume a rebuild for a bounded time; return its state (paused: call again)."""
     deadline = time.monotonic() + WORKER_RUN_SECONDS
@@ -62,6 +74,9 @@ def run_in_worker(settings: Settings, name: str, stopping: Callable[[], bool]) -
 
     try:
         with connection(settings) as conn:
+            if not _wanted(conn, name):
+                log.info("no rebuild requested; message ignored", extra={"fields": {"name": name}})
+                return "ignored"
             outcome = rebuild.run(
                 conn,
                 name,
