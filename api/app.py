@@ -20,6 +20,7 @@ from api.admin import (
     UnknownProjection,
 )
 from api.auth import Unauthorized, WebhookAuth
+from api.guards import RejectNul
 from api.health import HealthResource, Lifecycle, ReadyResource
 from api.ingest import GroupCommitter
 from api.live import WS_PATH, Hub, LiveResource, UpgradeRequired
@@ -58,7 +59,7 @@ class Services:
 
 def create_app(settings: Settings, services: Services) -> falcon.App:
     """Wire resources, middleware and the one error-handler table."""
-    middleware: list[Any] = [RequestLog(), WebhookOutcomes()]
+    middleware: list[Any] = [RequestLog(), WebhookOutcomes(), RejectNul()]
     app = falcon.App(middleware=middleware)
     app.req_options.auto_parse_form_urlencoded = False
     webhooks = WebhookResource(

@@ -85,6 +85,8 @@ class EventStore:
                 psycopg2.DataError,
                 psycopg2.IntegrityError,
                 psycopg2.ProgrammingError,
+                # psycopg2 refuses NUL characters and lone surrogates in text parameters.
+                ValueError,
             ) as error:
                 raise StoreRejected(str(error).strip()) from error
 
