@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--discard", action="store_true", help="drop a shadow left by a dry or interrupted run"
     )
     rebuild.add_argument(
-        "--batch", type=_position, default=5000, metavar="N", help="events per shadow transaction"
+        "--batch", type=_position, default=10_000, metavar="N", help="events per shadow transaction"
     )
     commands.add_parser("dev", help="run everything locally in the foreground (make run)")
     args = parser.parse_args(argv)

@@ -47,7 +47,7 @@ SHADOW = Tables(
     feed=False,
 )
 PAIRS = (("messages", SHADOW.messages), ("message_holds", SHADOW.holds), ("chats", SHADOW.chats))
-BATCH = 5000
+BATCH = 10_000
 # Feed changes a swap hands back for live fan-out; beyond this, sockets fill from the feed.
 PUBLISH_AT_MOST = 10_000
 SWAP_ATTEMPTS = 3
