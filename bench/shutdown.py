@@ -9,11 +9,11 @@ the Railway drainingSeconds of each service must exceed the max with margin.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -55,10 +55,8 @@ def web_once(url: str) -> float:
     def post() -> None:
         i = 0
         while not stop.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 web.post_webhook(_body(i))
-            except OSError:
-                pass
             i += 1
             time.sleep(0.1)
 
