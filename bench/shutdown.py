@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import statistics
 import sys
@@ -94,7 +93,8 @@ def worker_once(url: str) -> float:
     wait_for(lambda: sql(url, "SELECT position FROM checkpoints")[0][0] > 0, 60, 0.01)
     time.sleep(0.5)
     started = time.monotonic()
-    os.killpg(worker.process.pid, signal.SIGTERM)
+    # Railway signals the container's main process only; dramatiq forwards it to its children.
+    worker.process.send_signal(signal.SIGTERM)
     worker.process.wait(120)
     return time.monotonic() - started
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -184,13 +185,19 @@ class Worker:
             self.process.wait(timeout=10)
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, as Railway does; SIGKILL if it has not exited in `timeout` seconds."""
+        """SIGTERM to the main process, as Railway does; SIGKILL after `timeout` seconds.
+
+        Only the main process: dramatiq forwards the signal to its workers, and a worker that
+        gets a second SIGTERM (one from the group, one forwarded) exits at once with 1.
+        """
         if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
+            self.process.send_signal(15)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        with contextlib.suppress(ProcessLookupError):  # no child may outlive the test
+            os.killpg(self.process.pid, 9)
         return int(self.process.returncode)
 
 
