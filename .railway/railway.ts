@@ -44,7 +44,7 @@ export default defineRailway(() => {
     replicas: 1,
     env: {
       ...shared,
-      // Dramatiq waits 15 s for actors, the projector 10 s more; measured 1.2-3.3 s.
+      // Dramatiq waits 15 s for actors, the projector 10 s more; measured 2.5-3.5 s.
       RAILWAY_DEPLOYMENT_DRAINING_SECONDS: "30",
       RAILWAY_DEPLOYMENT_OVERLAP_SECONDS: "5",
     },
