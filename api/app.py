@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import falcon
 
@@ -71,6 +72,8 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
         ),
     )
     add_read_routes(app, settings.api_tokens, services.pool)
+    app.add_static_route("/static", str(STATIC))
+    app.add_route("/", PageResource())
     app.add_route(
         WS_PATH,
         LiveResource(ApiAuth(settings.api_tokens), services.hub, services.pool, services.lifecycle),
@@ -109,6 +112,17 @@ def get_app() -> falcon.App:
 
 # Flipped to draining by the gunicorn worker's SIGTERM handler (pipeline/web.py).
 LIFECYCLE = Lifecycle()
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class PageResource:
+    """GET /: the live page (the token is typed in by its user, never embedded)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = (STATIC / "index.html").read_text()
+
 
 _ERRORS: dict[type[ZaplineError], str] = {
     Unauthorized: falcon.HTTP_401,
