@@ -67,7 +67,10 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
                 "rabbitmq": lambda: probes.check_rabbitmq(settings.rabbitmq_url),
                 "migrations": lambda: _migrations_at_head(services.pool),
             },
-            info={"workers": lambda: _workers_seen(redis), "projection_lag_seconds": lambda: None},
+            info={
+                "workers": lambda: _workers_seen(redis),
+                "projection_lag_seconds": lambda: _lag_seconds(services.pool),
+            },
             lifecycle=services.lifecycle,
         ),
     )
@@ -159,6 +162,17 @@ def _migrations_at_head(pool: Pool) -> str:
     if applied != migrations.head():
         raise probes.DependencyDown(f"at {applied}, head is {migrations.head()}")
     return f"at head ({applied})"
+
+
+def _lag_seconds(pool: Pool) -> float:
+    """How long the oldest event the projection has not applied yet has been waiting."""
+    with pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT coalesce(extract(epoch FROM now() - min(e.received_at)), 0)"
+            " FROM events e, checkpoints c WHERE c.projection = 'messages'"
+            " AND (e.txid, e.position) > (c.txid::text::xid8, c.position)"
+        )
+        return round(float(cur.fetchone()[0]), 3)
 
 
 def _workers_seen(redis: object) -> int:
