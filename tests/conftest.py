@@ -124,7 +124,7 @@ class WebServer:
                 self.process.wait()
 
 
-def start_web(database_url: str, **env: str) -> WebServer:
+def start_web(database_url: str, *, capture_output: bool = False, **env: str) -> WebServer:
     """Start the web service and wait until it answers /health (bounded)."""
     port = free_port()
     full_env = {
@@ -224,7 +224,10 @@ def projected_up_to_head(url: str) -> bool:
     Compared in read order, (transaction id, position): positions alone do not say it,
     since concurrent transactions take positions in another order than they commit.
     """
-    rows = sql(url, "SELECT NOT EXISTS (SELECT 1 FROM events e, checkpoints c"
-                    " WHERE c.projection = 'messages'"
-                    " AND (e.txid, e.position) > (c.txid::text::xid8, c.position))")
+    rows = sql(
+        url,
+        "SELECT NOT EXISTS (SELECT 1 FROM events e, checkpoints c"
+        " WHERE c.projection = 'messages'"
+        " AND (e.txid, e.position) > (c.txid::text::xid8, c.position))",
+    )
     return bool(rows[0][0])
