@@ -139,7 +139,7 @@ def start_web(database_url: str, *, capture_output: bool = False, **env: str) ->
         [sys.executable, "-m", "pipeline", "web", "--bind", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env=full_env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     server = WebServer(process, port, full_env)
