@@ -11,11 +11,18 @@ import falcon
 from api.auth import Unauthorized, WebhookAuth
 from api.health import HealthResource, Lifecycle, ReadyResource
 from api.ingest import GroupCommitter
+from api.media import MediaNotStored, MediaResource
 from api.reads import BadQuery, add_read_routes
 from api.requestlog import RequestLog
-from api.tokens import BadApiToken, NotFound
+from api.tokens import ApiAuth, BadApiToken, NotFound
 from api.webhooks import BodyTooLarge, WebhookResource
-from events.errors import BadWebhook, StoreRejected, StoreUnavailable, ZaplineError
+from events.errors import (
+    BadWebhook,
+    MediaUnavailable,
+    StoreRejected,
+    StoreUnavailable,
+    ZaplineError,
+)
 from events.pool import Pool
 from events.store import EventStore
 from migrations import runner as migrations
@@ -23,6 +30,7 @@ from pipeline import heartbeat, logs, probes
 from pipeline.actors import project_messages
 from pipeline.broker import broker
 from pipeline.config import Settings
+from pipeline.media import MediaStorage, storage_from
 from pipeline.wakeup import WakeUps
 
 log = logging.getLogger("zapline.api")
@@ -39,6 +47,7 @@ class Services:
     store: EventStore
     committer: GroupCommitter
     lifecycle: Lifecycle
+    storage: MediaStorage
 
 
 def create_app(settings: Settings, services: Services) -> falcon.App:
@@ -69,6 +78,10 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
         ),
     )
     add_read_routes(app, settings.api_tokens, services.pool)
+    app.add_route(
+        "/api/media/{media_id}",
+        MediaResource(ApiAuth(settings.api_tokens), services.pool, services.storage),
+    )
     for error, status in _ERRORS.items():
         app.add_error_handler(error, _handler(status))
     return app
@@ -84,7 +97,7 @@ def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> S
     store = EventStore(pool)
     wakeups = WakeUps(project_messages.send, drop_connection)
     committer = GroupCommitter(store.append, on_commit=wakeups.notify)
-    return Services(pool, store, committer, lifecycle or Lifecycle())
+    return Services(pool, store, committer, lifecycle or Lifecycle(), storage_from(settings))
 
 
 def get_app() -> falcon.App:
@@ -106,6 +119,8 @@ _ERRORS: dict[type[ZaplineError], str] = {
     BadApiToken: falcon.HTTP_401,
     NotFound: falcon.HTTP_404,
     BadQuery: falcon.HTTP_400,
+    MediaNotStored: falcon.HTTP_409,
+    MediaUnavailable: falcon.HTTP_503,
     BodyTooLarge: falcon.HTTP_413,
     BadWebhook: falcon.HTTP_400,
     StoreRejected: falcon.HTTP_400,
@@ -119,8 +134,9 @@ def _handler(status: str) -> Callable[..., None]:
         body: dict[str, object] = {"error": str(error)}
         if status == falcon.HTTP_503:
             resp.set_header("Retry-After", RETRY_AFTER_SECONDS)
-            body = {"error": "database unavailable, retry later"}
-            log.warning("store unavailable", extra={"fields": {"reason": str(error)[:300]}})
+            what = "media store" if isinstance(error, MediaUnavailable) else "database"
+            body = {"error": f"{what} unavailable, retry later"}
+            log.warning(f"{what} unavailable", extra={"fields": {"reason": str(error)[:300]}})
         if "quarantine_id" in req.context:
             body["quarantine_id"] = req.context.quarantine_id
         resp.media = body
