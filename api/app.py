@@ -13,11 +13,18 @@ from api.auth import Unauthorized, WebhookAuth
 from api.health import HealthResource, Lifecycle, ReadyResource
 from api.ingest import GroupCommitter
 from api.live import WS_PATH, Hub, LiveResource, UpgradeRequired
+from api.media import MediaNotStored, MediaResource
 from api.reads import BadQuery, add_read_routes
 from api.requestlog import RequestLog
 from api.tokens import ApiAuth, BadApiToken, NotFound
 from api.webhooks import BodyTooLarge, WebhookResource
-from events.errors import BadWebhook, StoreRejected, StoreUnavailable, ZaplineError
+from events.errors import (
+    BadWebhook,
+    MediaUnavailable,
+    StoreRejected,
+    StoreUnavailable,
+    ZaplineError,
+)
 from events.pool import Pool
 from events.store import EventStore
 from migrations import runner as migrations
@@ -25,6 +32,7 @@ from pipeline import heartbeat, logs, probes
 from pipeline.actors import project_messages
 from pipeline.broker import broker
 from pipeline.config import Settings
+from pipeline.media import MediaStorage, storage_from
 from pipeline.wakeup import WakeUps
 
 log = logging.getLogger("zapline.api")
@@ -42,6 +50,7 @@ class Services:
     committer: GroupCommitter
     lifecycle: Lifecycle
     hub: Hub
+    storage: MediaStorage
 
 
 def create_app(settings: Settings, services: Services) -> falcon.App:
@@ -81,6 +90,10 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
         WS_PATH,
         LiveResource(ApiAuth(settings.api_tokens), services.hub, services.pool, services.lifecycle),
     )
+    app.add_route(
+        "/api/media/{media_id}",
+        MediaResource(ApiAuth(settings.api_tokens), services.pool, services.storage),
+    )
     for error, status in _ERRORS.items():
         app.add_error_handler(error, _handler(status))
     return app
@@ -99,7 +112,7 @@ def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> S
     lifecycle = lifecycle or Lifecycle()
     hub = Hub(probes.redis_subscriber(settings.redis_url), pool)
     lifecycle.on_drain.append(hub.close_all)
-    return Services(pool, store, committer, lifecycle, hub)
+    return Services(pool, store, committer, lifecycle, hub, storage_from(settings))
 
 
 def get_app() -> falcon.App:
@@ -133,6 +146,8 @@ _ERRORS: dict[type[ZaplineError], str] = {
     NotFound: falcon.HTTP_404,
     UpgradeRequired: falcon.HTTP_426,
     BadQuery: falcon.HTTP_400,
+    MediaNotStored: falcon.HTTP_409,
+    MediaUnavailable: falcon.HTTP_503,
     BodyTooLarge: falcon.HTTP_413,
     BadWebhook: falcon.HTTP_400,
     StoreRejected: falcon.HTTP_400,
@@ -146,8 +161,9 @@ def _handler(status: str) -> Callable[..., None]:
         body: dict[str, object] = {"error": str(error)}
         if status == falcon.HTTP_503:
             resp.set_header("Retry-After", RETRY_AFTER_SECONDS)
-            body = {"error": "database unavailable, retry later"}
-            log.warning("store unavailable", extra={"fields": {"reason": str(error)[:300]}})
+            what = "media store" if isinstance(error, MediaUnavailable) else "database"
+            body = {"error": f"{what} unavailable, retry later"}
+            log.warning(f"{what} unavailable", extra={"fields": {"reason": str(error)[:300]}})
         if "quarantine_id" in req.context:
             body["quarantine_id"] = req.context.quarantine_id
         resp.media = body

@@ -43,6 +43,9 @@ class ZaplineHandler(WebSocketHandler):
         finally:
             self.idle = False
 
+    def log_request(self) -> None:
+        """Nothing: api/requestlog.py logs each request (without its query string)."""
+
     def finalize_headers(self) -> None:
         super().finalize_headers()
         if _DRAINING.is_set() and not self.connection_upgraded:
@@ -81,6 +84,7 @@ class ZaplineWorker(GeventWebSocketWorker):
         super().handle_exit(sig, frame)
 
 
+IDLE_GRACE_SECONDS = 1.0
 # The connections of this worker process, and whether it is draining.
 _OPEN: set[ZaplineHandler] = set()
 _DRAINING = gevent.event.Event()
@@ -91,6 +95,9 @@ def _drain() -> None:
 
     _DRAINING.set()
     LIFECYCLE.start_draining()
+    # A moment for clients already on a keep-alive connection to see readiness say 503
+    # (every answer now says Connection: close), then drop the idle ones.
+    gevent.sleep(IDLE_GRACE_SECONDS)
     for handler in list(_OPEN):
         if handler.idle and handler.socket is not None:
             with contextlib.suppress(OSError):

@@ -26,12 +26,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="projections, lag, parked events, workers, queues")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     replay = commands.add_parser("replay", help="re-apply stored events to a projection")
-    replay.add_argument("--projection", required=True, choices=["messages"])
+    replay.add_argument("--projection", choices=["messages"], help="required unless --media-failed")
     replay.add_argument("--from", dest="first", type=_position, default=1, metavar="POS")
     replay.add_argument("--to", dest="last", type=_position, metavar="POS")
     replay.add_argument("--instance", metavar="NAME")
     replay.add_argument("--parked", action="store_true", help="only the parked events")
     replay.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    replay.add_argument(
+        "--media-failed", action="store_true", help="retry every failed media from its start"
+    )
     commands.add_parser("dev", help="run everything locally in the foreground (make run)")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
@@ -96,6 +99,11 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    if args.media_failed:
+        return _replay_media_failed(args, settings)
+    if args.projection is None:
+        print("usage: replay needs --projection NAME (or --media-failed)", file=sys.stderr)
+        return 2
     from events.pool import Pool
     from pipeline.progress import Progress
     from projections.replay import Selection, count, replay
@@ -112,6 +120,24 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         f"replayed {result.events} events; {verb}: {changes};"
         f" parked {len(result.parked)}, unparked {result.unparked}"
     )
+    return 0
+
+
+def _replay_media_failed(args: argparse.Namespace, settings: Settings) -> int:
+    from events.pool import Pool
+    from pipeline.actors import send_store_media
+    from projections import media
+
+    pool = Pool(settings.database_url, size=1)
+    with pool.connection() as conn:
+        ids = media.requeue(conn, "failed", dry_run=args.dry_run)
+    pool.close()
+    if args.dry_run:
+        print(f"would retry {len(ids)} failed media")
+        return 0
+    # Back to pending first, then queued: a lost message is picked up by the worker's sweep.
+    send_store_media(settings, ids)
+    print(f"retrying {len(ids)} failed media (now pending, attempts reset)")
     return 0
 
 

@@ -11,8 +11,9 @@ import pika.exceptions
 from events.pool import Pool
 from pipeline import heartbeat, probes
 from pipeline.config import Settings
+from projections import media
 
-QUEUES = ("projections",)
+QUEUES = ("projections", "media")
 
 
 def projections(pool: Pool) -> list[dict[str, Any]]:
@@ -74,6 +75,8 @@ def gather(settings: Settings) -> dict[str, Any]:
     pool = Pool(settings.database_url, size=1)
     try:
         found = projections(pool)
+        with pool.connection() as conn:
+            media_states = media.counts(conn)
     finally:
         pool.close()
     try:
@@ -84,6 +87,7 @@ def gather(settings: Settings) -> dict[str, Any]:
         workers = None
     return {
         "projections": found,
+        "media": media_states,
         "workers": workers,
         "queues": queue_depths(settings.rabbitmq_url),
     }
@@ -97,6 +101,11 @@ def render(report: dict[str, Any]) -> str:
             f"projection {p['projection']}: checkpoint {p['checkpoint']}, head {p['head']},"
             f" lag {p['lag_events']} events / {p['lag_seconds']:.1f} s, parked {p['parked']}"
         )
+    states = report["media"]
+    lines.append(
+        f"media: {states['pending']} pending, {states['stored']} stored, {states['failed']} failed"
+        + (" (retry: python -m pipeline replay --media-failed)" if states["failed"] else "")
+    )
     workers = report["workers"]
     if workers is None:
         lines.append("workers: unknown (Redis did not answer)")

@@ -143,7 +143,7 @@ def apply_events(cur: Any, events: list[Event], *, park: bool = True) -> Batch:
         for k in changed_chats
         if k not in chat_loaded or chat_loaded[k].chat != chat_states[k].chat
     ]
-    batch.feed = _append_feed(cur, items)
+    batch.feed = append_feed(cur, items)
     return batch
 
 
@@ -361,7 +361,7 @@ def _write_chats(
     )
 
 
-def _append_feed(
+def append_feed(
     cur: Any, items: list[tuple[str, tuple[str, str], dict[str, Any]]]
 ) -> list[FeedItem]:
     """Give each change the next cursor of its instance and store it in the feed."""

@@ -184,9 +184,13 @@ class Worker:
             self.process.wait(timeout=10)
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, as Railway does; SIGKILL if it has not exited in `timeout` seconds."""
+        """SIGTERM to the main process, as Railway does; SIGKILL after `timeout` seconds.
+
+        Not to the group: dramatiq forwards the signal to its workers, and a worker that gets
+        a second SIGTERM exits at once, as killed.
+        """
         if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
+            os.kill(self.process.pid, 15)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
