@@ -37,6 +37,8 @@ from pipeline.wakeup import WakeUps
 
 log = logging.getLogger("zapline.api")
 
+# Group-commit writer greenlets (and their connections) per web process.
+WRITERS = 2
 # How long Evolution (and any sender) should wait before retrying a 503.
 RETRY_AFTER_SECONDS = "5"
 
@@ -107,8 +109,11 @@ def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> S
 
     pool = Pool(settings.database_url, size=8, statement_timeout_ms=15_000)
     store = EventStore(pool)
+    # The webhook writers get connections of their own: a storm of readers or sockets
+    # waiting for the shared pool must never delay an acknowledgement.
+    writers = EventStore(Pool(settings.database_url, size=WRITERS, statement_timeout_ms=15_000))
     wakeups = WakeUps(project_messages.send, drop_connection)
-    committer = GroupCommitter(store.append, on_commit=wakeups.notify)
+    committer = GroupCommitter(writers.append, writers=WRITERS, on_commit=wakeups.notify)
     lifecycle = lifecycle or Lifecycle()
     hub = Hub(probes.redis_subscriber(settings.redis_url), pool)
     lifecycle.on_drain.append(hub.close_all)

@@ -42,8 +42,7 @@ LIMIT %s
 """
 
 _FEED = """
-SELECT cursor,
-       json_build_object('cursor', cursor, 'type', kind, 'instance', instance, 'data', data)::text
+SELECT cursor, kind, data::text
 FROM feed
 WHERE instance = %s AND cursor > %s
 ORDER BY cursor
@@ -130,7 +129,15 @@ def read_feed(
 ) -> tuple[list[tuple[int, str]], bool]:
     """Up to `limit` (cursor, frame JSON) after `after`, and whether `after` was pruned past."""
     cur.execute(_FEED, (instance, after, limit))
-    rows: list[tuple[int, str]] = cur.fetchall()
+    # Framed as pipeline/fanout.py frames live changes, so both read alike.
+    rows = [
+        (
+            cursor,
+            f'{{"cursor":{cursor},"type":{json.dumps(kind)},'
+            f'"instance":{json.dumps(instance)},"data":{data}}}',
+        )
+        for cursor, kind, data in cur.fetchall()
+    ]
     # Read what is retained after the rows, not before: a prune in between then shows as
     # a reset instead of a silent gap.
     cur.execute(_RETAINED, (instance, instance))
