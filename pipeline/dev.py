@@ -73,14 +73,14 @@ def _banner(url: str, env: dict[str, str]) -> str:
     return f"""
 Zapline is starting at {url}   (tokens are kept in var/dev.env)
 
-  WEBHOOK_TOKEN = {env['WEBHOOK_TOKEN']}
-  API_TOKENS    = {env['API_TOKENS']}
-  ADMIN_TOKEN   = {env['ADMIN_TOKEN']}
+  WEBHOOK_TOKEN = {env["WEBHOOK_TOKEN"]}
+  API_TOKENS    = {env["API_TOKENS"]}
+  ADMIN_TOKEN   = {env["ADMIN_TOKEN"]}
 
 Post a real Evolution webhook:
 
   curl -sS -X POST '{url}/webhooks/evolution' \\
-    -H 'Authorization: Bearer {env['WEBHOOK_TOKEN']}' \\
+    -H 'Authorization: Bearer {env["WEBHOOK_TOKEN"]}' \\
     -H 'Content-Type: application/json' --data-binary {body}
 
 See it arrive:

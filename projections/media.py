@@ -8,7 +8,6 @@ a projector batch that loaded the message earlier can never write the old state 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,9 +146,12 @@ def _publish(cur: Any, media: Media) -> list[FeedItem]:
         "size": media.size,
         "sha256": media.sha256,
     }
+    text = runner.dumps(message)
     cur.execute(
         "UPDATE messages SET data = %s::jsonb, updated_at = now()"
         " WHERE instance = %s AND key_id = %s",
-        (json.dumps(message), media.instance, media.key_id),
+        (text, media.instance, media.key_id),
     )
-    return runner.append_feed(cur, [("message.updated", (media.instance, media.key_id), message)])
+    return runner.append_feed(
+        cur, [("message.updated", (media.instance, media.key_id), message, text)]
+    )
