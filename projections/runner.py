@@ -100,12 +100,12 @@ def apply_events(cur: Any, events: list[Event], *, park: bool = True) -> Batch:
     error is re-raised) and the others go on.
     """
     batch = Batch()
-    states = _load_messages(cur, {(e.instance, k) for e in events for k in messages.targets(e)})
+    targets = [[(e.instance, k) for k in messages.targets(e)] for e in events]
+    states = _load_messages(cur, {key for keys in targets for key in keys})
     loaded = dict(states)
     per_event: list[list[messages.MessageChange]] = []
     last_position: dict[tuple[str, str], int] = {}
-    for event in events:
-        keys = [(event.instance, k) for k in messages.targets(event)]
+    for event, keys in zip(events, targets, strict=True):
         before = {k: states.get(k) for k in keys}
         try:
             changes = messages.apply(states, event)
