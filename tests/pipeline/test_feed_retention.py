@@ -27,8 +27,8 @@ def test_pruning_drops_only_changes_both_older_than_7_days_and_beyond_the_last_1
 ) -> None:
     url = fresh_database_url
     head = FEED_KEEP_CHANGES + 50
-    _feed(url, "old", 200, head, age_days=8)  # old: the 50 beyond the window go
-    _feed(url, "recent", 200, head, age_days=1)  # recent: all kept
+    _feed(url, "old", head, head, age_days=8)  # old: the 50 beyond the last 100,000 go
+    _feed(url, "recent", head, head, age_days=1)  # recent: all kept
     _feed(url, "short", 20, 20, age_days=30)  # old but few: all kept
     conn = psycopg2.connect(url)
     try:
