@@ -10,7 +10,7 @@ SRC    := api pipeline events projections migrations
 CHECK  := $(SRC) $(wildcard tests bench)
 PYTEST_ARGS ?=
 
-.PHONY: help .venv services db run test lint fmt bench clean
+.PHONY: help .venv services browser db run test lint fmt bench clean
 
 help:
 	@echo "make run      prepare everything (venv, services, database) and run web + worker"
@@ -34,13 +34,16 @@ $(VENV)/.installed: pyproject.toml
 services:
 	@bash .ci/services
 
+browser:
+	@bash .ci/browser
+
 db: .venv services
 	$(PY) -m pipeline migrate
 
 run: .venv services db
 	exec $(PY) -m pipeline dev
 
-test: .venv services db lint
+test: .venv services browser db lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: .venv

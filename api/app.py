@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import falcon
@@ -24,13 +25,20 @@ from api.guards import RejectNul
 from api.health import HealthResource, Lifecycle, ReadyResource
 from api.ingest import GroupCommitter
 from api.live import WS_PATH, Hub, LiveResource, UpgradeRequired
+from api.media import MediaNotStored, MediaResource
 from api.metrics import MeasuredCommitter, MetricsResource, StateCollector, WebhookOutcomes
 from api.openapi import OpenApiResource
 from api.reads import BadQuery, add_read_routes
 from api.requestlog import RequestLog
 from api.tokens import ApiAuth, BadApiToken, NotFound
 from api.webhooks import BodyTooLarge, WebhookResource
-from events.errors import BadWebhook, StoreRejected, StoreUnavailable, ZaplineError
+from events.errors import (
+    BadWebhook,
+    MediaUnavailable,
+    StoreRejected,
+    StoreUnavailable,
+    ZaplineError,
+)
 from events.pool import Pool
 from events.store import EventStore
 from migrations import runner as migrations
@@ -38,10 +46,13 @@ from pipeline import heartbeat, logs, probes
 from pipeline.actors import project_messages, rebuild_projection
 from pipeline.broker import broker
 from pipeline.config import Settings
+from pipeline.media import MediaStorage, storage_from
 from pipeline.wakeup import WakeUps
 
 log = logging.getLogger("zapline.api")
 
+# Group-commit writer greenlets (and their connections) per web process.
+WRITERS = 2
 # How long Evolution (and any sender) should wait before retrying a 503.
 RETRY_AFTER_SECONDS = "5"
 
@@ -55,6 +66,7 @@ class Services:
     committer: GroupCommitter
     lifecycle: Lifecycle
     hub: Hub
+    storage: MediaStorage
 
 
 def create_app(settings: Settings, services: Services) -> falcon.App:
@@ -81,14 +93,23 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
                 "rabbitmq": lambda: probes.check_rabbitmq(settings.rabbitmq_url),
                 "migrations": lambda: _migrations_at_head(services.pool),
             },
-            info={"workers": lambda: _workers_seen(redis), "projection_lag_seconds": lambda: None},
+            info={
+                "workers": lambda: _workers_seen(redis),
+                "projection_lag_seconds": lambda: _lag_seconds(services.pool),
+            },
             lifecycle=services.lifecycle,
         ),
     )
     add_read_routes(app, settings.api_tokens, services.pool)
+    app.add_static_route("/static", str(STATIC))
+    app.add_route("/", PageResource())
     app.add_route(
         WS_PATH,
         LiveResource(ApiAuth(settings.api_tokens), services.hub, services.pool, services.lifecycle),
+    )
+    app.add_route(
+        "/api/media/{media_id}",
+        MediaResource(ApiAuth(settings.api_tokens), services.pool, services.storage),
     )
     admin = AdminAuth(settings.admin_token)
     app.add_route("/admin/projections", ProjectionsResource(admin, services.pool))
@@ -117,12 +138,15 @@ def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> S
 
     pool = Pool(settings.database_url, size=8, statement_timeout_ms=15_000)
     store = EventStore(pool)
+    # The webhook writers get connections of their own: a storm of readers or sockets
+    # waiting for the shared pool must never delay an acknowledgement.
+    writers = EventStore(Pool(settings.database_url, size=WRITERS, statement_timeout_ms=15_000))
     wakeups = WakeUps(project_messages.send, drop_connection)
-    committer = MeasuredCommitter(store.append, on_commit=wakeups.notify)
+    committer = MeasuredCommitter(writers.append, writers=WRITERS, on_commit=wakeups.notify)
     lifecycle = lifecycle or Lifecycle()
     hub = Hub(probes.redis_subscriber(settings.redis_url), pool)
     lifecycle.on_drain.append(hub.close_all)
-    return Services(pool, store, committer, lifecycle, hub)
+    return Services(pool, store, committer, lifecycle, hub, storage_from(settings))
 
 
 def get_app() -> falcon.App:
@@ -164,6 +188,17 @@ def _send_rebuild(name: str) -> None:
 # Flipped to draining by the gunicorn worker's SIGTERM handler (pipeline/web.py).
 LIFECYCLE = Lifecycle()
 
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class PageResource:
+    """GET /: the live page (the token is typed in by its user, never embedded)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = (STATIC / "index.html").read_text()
+
+
 _ERRORS: dict[type[ZaplineError], str] = {
     Unauthorized: falcon.HTTP_401,
     BadApiToken: falcon.HTTP_401,
@@ -174,6 +209,8 @@ _ERRORS: dict[type[ZaplineError], str] = {
     BrokerUnavailable: falcon.HTTP_503,
     UpgradeRequired: falcon.HTTP_426,
     BadQuery: falcon.HTTP_400,
+    MediaNotStored: falcon.HTTP_409,
+    MediaUnavailable: falcon.HTTP_503,
     BodyTooLarge: falcon.HTTP_413,
     BadWebhook: falcon.HTTP_400,
     StoreRejected: falcon.HTTP_400,
@@ -187,9 +224,15 @@ def _handler(status: str) -> Callable[..., None]:
         body: dict[str, object] = {"error": str(error)}
         if status == falcon.HTTP_503:
             resp.set_header("Retry-After", RETRY_AFTER_SECONDS)
-            if isinstance(error, StoreUnavailable):
-                body = {"error": "database unavailable, retry later"}
-            log.warning("unavailable", extra={"fields": {"reason": str(error)[:300]}})
+            what = (
+                "media store"
+                if isinstance(error, MediaUnavailable)
+                else "message broker"
+                if isinstance(error, BrokerUnavailable)
+                else "database"
+            )
+            body = {"error": f"{what} unavailable, retry later"}
+            log.warning(f"{what} unavailable", extra={"fields": {"reason": str(error)[:300]}})
         if "quarantine_id" in req.context:
             body["quarantine_id"] = req.context.quarantine_id
         resp.media = body
@@ -204,6 +247,17 @@ def _migrations_at_head(pool: Pool) -> str:
     if applied != migrations.head():
         raise probes.DependencyDown(f"at {applied}, head is {migrations.head()}")
     return f"at head ({applied})"
+
+
+def _lag_seconds(pool: Pool) -> float:
+    """How long the oldest event the projection has not applied yet has been waiting."""
+    with pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT coalesce(extract(epoch FROM now() - min(e.received_at)), 0)"
+            " FROM events e, checkpoints c WHERE c.projection = 'messages'"
+            " AND (e.txid, e.position) > (c.txid::text::xid8, c.position)"
+        )
+        return round(float(cur.fetchone()[0]), 3)
 
 
 def _workers_seen(redis: object) -> int:

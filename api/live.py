@@ -19,6 +19,7 @@ from typing import Any
 
 import falcon
 import gevent
+from gevent.lock import BoundedSemaphore
 from gevent.queue import Empty, Full, Queue
 from geventwebsocket.exceptions import WebSocketError
 
@@ -43,6 +44,7 @@ DEAD_AFTER_SECONDS = 60
 CHECK_SECONDS = 2.0
 QUEUE_LIMIT = 1000
 PAGE = 1000
+DB_READERS = 3  # sockets of one web process reading the feed table at once
 _FILL = (-1, "")  # queue marker: catch up from the feed table
 
 
@@ -122,6 +124,7 @@ class Hub:
         self._redis = redis
         self._pool = pool
         self._subscribers: dict[str, set[Subscriber]] = {}
+        self._heads: dict[str, int] = {}  # the newest cursor seen per followed instance
         self._greenlets: list[gevent.Greenlet] = []
 
     def add(self, sub: Subscriber) -> None:
@@ -136,7 +139,12 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._subscribers[sub.instance]
+                self._heads.pop(sub.instance, None)
         WEBSOCKET_CLIENTS.set(self.count())
+
+    def head(self, instance: str) -> int | None:
+        """The feed head of an instance this process follows, if it has seen it lately."""
+        return self._heads.get(instance)
 
     def count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
@@ -176,11 +184,13 @@ class Hub:
     def _deliver(self, message: dict[str, Any]) -> None:
         channel = message["channel"]
         channel = channel.decode() if isinstance(channel, bytes) else channel
-        subs = self._subscribers.get(channel[len(CHANNEL_PREFIX) :])
+        instance = channel[len(CHANNEL_PREFIX) :]
+        subs = self._subscribers.get(instance)
         if not subs:
             return
         text = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
         item = (int(json.loads(text)["cursor"]), text)
+        self._heads[instance] = max(item[0], self._heads.get(instance, 0))
         for sub in list(subs):
             sub.offer(item)
 
@@ -208,9 +218,11 @@ class Hub:
             )
             heads = dict(cur.fetchall())
         for instance, head in heads.items():
+            self._heads[instance] = max(head, self._heads.get(instance, 0))
             for sub in list(self._subscribers.get(instance, ())):
-                # Behind for two checks in a row: a frame was lost, not merely in flight.
-                if sub.last < head and sub.last == sub.checked:
+                # Behind for two checks in a row with nothing queued: a frame was lost,
+                # not merely in flight or waiting behind a slow socket.
+                if sub.last < head and sub.last == sub.checked and sub.queue.empty():
                     sub.wake_to_fill()
                 sub.checked = sub.last
 
@@ -223,6 +235,9 @@ class LiveResource:
         self._hub = hub
         self._pool = pool
         self._lifecycle = lifecycle
+        # Thousands of sockets reconnecting after a deploy queue here instead of exhausting
+        # the pool (and timing out) all at once.
+        self._readers = BoundedSemaphore(DB_READERS)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         instance = req.get_param("instance") or ""
@@ -278,7 +293,7 @@ class LiveResource:
     def _fill(self, sub: Subscriber) -> None:
         """Send everything in the feed after `sub.last`; reset when it was pruned past."""
         while not sub.closed:
-            with self._pool.connection() as conn, conn, conn.cursor() as cur:
+            with self._readers, self._pool.connection() as conn, conn, conn.cursor() as cur:
                 rows, reset = read_feed(cur, sub.instance, sub.last, PAGE)
             if reset:
                 sub.send_json(type="reset")
@@ -291,7 +306,10 @@ class LiveResource:
                 return
 
     def _head(self, instance: str) -> int:
-        with self._pool.connection() as conn, conn, conn.cursor() as cur:
+        known = self._hub.head(instance)
+        if known is not None:
+            return known
+        with self._readers, self._pool.connection() as conn, conn, conn.cursor() as cur:
             cur.execute("SELECT cursor FROM feed_heads WHERE instance = %s", (instance,))
             row = cur.fetchone()
         return int(row[0]) if row else 0

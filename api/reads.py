@@ -12,6 +12,7 @@ import falcon
 from api.tokens import ApiAuth
 from events.errors import ZaplineError
 from events.pool import Pool
+from pipeline.fanout import frame as live_frame
 
 CHATS_LIMIT = (50, 500)  # (default, most) items per page
 MESSAGES_LIMIT = (50, 500)
@@ -42,8 +43,7 @@ LIMIT %s
 """
 
 _FEED = """
-SELECT cursor,
-       json_build_object('cursor', cursor, 'type', kind, 'instance', instance, 'data', data)::text
+SELECT cursor, kind, data::text
 FROM feed
 WHERE instance = %s AND cursor > %s
 ORDER BY cursor
@@ -130,7 +130,8 @@ def read_feed(
 ) -> tuple[list[tuple[int, str]], bool]:
     """Up to `limit` (cursor, frame JSON) after `after`, and whether `after` was pruned past."""
     cur.execute(_FEED, (instance, after, limit))
-    rows: list[tuple[int, str]] = cur.fetchall()
+    # Framed as live changes are, so both read alike.
+    rows = [(cursor, live_frame(cursor, kind, instance, data)) for cursor, kind, data in cur]
     # Read what is retained after the rows, not before: a prune in between then shows as
     # a reset instead of a silent gap.
     cur.execute(_RETAINED, (instance, instance))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 
 import falcon
 
@@ -19,7 +19,7 @@ class RequestLog:
         req.context.request_id = (
             req.get_header("X-Request-Id")
             or req.get_header("X-Railway-Request-Id")
-            or uuid.uuid4().hex
+            or os.urandom(12).hex()
         )[:100]
 
     def process_response(

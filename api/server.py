@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from typing import Any
 
 import gevent
+import gevent.event
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
@@ -16,8 +19,38 @@ class ZaplineHandler(WebSocketHandler):
     """Upgrades only `GET /ws`, and only after the app has authorised the request.
 
     gevent-websocket upgrades any path and answers 101 before the app runs; a bad token must
-    get its 401 as a plain HTTP answer instead (contract "Live push").
+    get its 401 as a plain HTTP answer instead (contract "Live push"). While draining, it
+    closes keep-alive connections: an idle one would otherwise hold the worker until
+    gunicorn's graceful timeout.
     """
+
+    idle = False
+
+    def handle(self) -> None:
+        _OPEN.add(self)
+        try:
+            super().handle()
+        finally:
+            _OPEN.discard(self)
+
+    def read_requestline(self) -> str:
+        if _DRAINING.is_set():
+            return ""  # no further request on this connection
+        self.idle = True
+        try:
+            line: str = super().read_requestline()
+            return line
+        finally:
+            self.idle = False
+
+    def log_request(self) -> None:
+        """Nothing: api/requestlog.py logs each request (without its query string)."""
+
+    def finalize_headers(self) -> None:
+        super().finalize_headers()
+        if _DRAINING.is_set() and not self.connection_upgraded:
+            self.response_headers.append((b"Connection", b"close"))
+            self.close_connection = True
 
     def run_application(self) -> Any:
         if self.environ.get("PATH_INFO") != WS_PATH or not _asks_upgrade(self.environ):
@@ -47,10 +80,28 @@ class ZaplineWorker(GeventWebSocketWorker):
     wsgi_handler = ZaplineHandler
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        from api.app import LIFECYCLE  # imported in the worker, after fork
-
-        gevent.spawn(LIFECYCLE.start_draining)
+        gevent.spawn(_drain)
         super().handle_exit(sig, frame)
+
+
+IDLE_GRACE_SECONDS = 1.0
+# The connections of this worker process, and whether it is draining.
+_OPEN: set[ZaplineHandler] = set()
+_DRAINING = gevent.event.Event()
+
+
+def _drain() -> None:
+    from api.app import LIFECYCLE  # imported in the worker, after fork
+
+    _DRAINING.set()
+    LIFECYCLE.start_draining()
+    # A moment for clients already on a keep-alive connection to see readiness say 503
+    # (every answer now says Connection: close), then drop the idle ones.
+    gevent.sleep(IDLE_GRACE_SECONDS)
+    for handler in list(_OPEN):
+        if handler.idle and handler.socket is not None:
+            with contextlib.suppress(OSError):
+                handler.socket.shutdown(socket.SHUT_RD)
 
 
 def _asks_upgrade(environ: dict[str, Any]) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from api.auth import WebhookAuth
 from api.ingest import GroupCommitter
+from events.attachments import LARGE_BODY_BYTES
 from events.errors import BadWebhook, ZaplineError
 from events.store import EventStore
 from events.webhook import parse_webhook
@@ -37,16 +40,46 @@ class WebhookResource:
                 path=req.path, content_type=req.content_type, reason=str(error), body=body
             )
             raise
-        appended = self._committer.append(webhook)
+        try:
+            appended = self._committer.append(webhook)
+        finally:
+            if webhook.attachment is not None:
+                webhook.attachment.close()
         req.context.position = appended.position
         resp.media = {"position": appended.position, "duplicate": appended.duplicate}
 
-    def _read_body(self, req: falcon.Request) -> bytes:
+    def _read_body(self, req: falcon.Request) -> bytes | bytearray:
         limit = self._max_body_bytes
-        if req.content_length is not None and req.content_length > limit:
+        length = req.content_length
+        if length is not None and length > limit:
             raise BodyTooLarge(f"body over {limit} bytes")
-        stream = req.bounded_stream if req.content_length is not None else req.stream
+        if length is not None and length > LARGE_BODY_BYTES:
+            return _read_into(req.bounded_stream, length)
+        stream = req.bounded_stream if length is not None else req.stream
         body: bytes = stream.read(limit + 1)
         if len(body) > limit:
             raise BodyTooLarge(f"body over {limit} bytes")
         return body
+
+
+def _read_into(stream: Any, length: int) -> bytearray:
+    """Read a large body into one buffer, piece by piece.
+
+    One `read(length)` makes gunicorn gather the pieces and join them, holding the body two
+    or three times over at the peak.
+    """
+    body = bytearray(length)
+    view = memoryview(body)
+    filled = 0
+    while filled < length:
+        piece = stream.read(min(_READ_PIECE, length - filled))
+        if not piece:
+            break
+        view[filled : filled + len(piece)] = piece
+        filled += len(piece)
+    view.release()
+    del body[filled:]  # the sender closed early: what arrived is judged as the body
+    return body
+
+
+_READ_PIECE = 256 * 1024

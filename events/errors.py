@@ -21,3 +21,11 @@ class StoreUnavailable(ZaplineError):
 
 class StoreRejected(ZaplineError):
     """The database refused the data itself (not a connectivity problem)."""
+
+
+class MediaUnavailable(ZaplineError):
+    """The media source or store did not answer or failed for now; the caller may retry."""
+
+
+class MediaRejected(ZaplineError):
+    """The media source refused for good (the message is gone, the key refused): no retry."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
 import psycopg2.extras
 
+from events.attachments import CHUNK_BYTES, Attachment
 from events.errors import StoreRejected
 from events.event import Event
 from events.pool import Pool
@@ -95,7 +96,9 @@ class EventStore:
         with self._pool.connection() as conn, conn, conn.cursor() as cur:
             return read_after(cur, cursor, limit)
 
-    def quarantine(self, *, path: str, content_type: str | None, reason: str, body: bytes) -> int:
+    def quarantine(
+        self, *, path: str, content_type: str | None, reason: str, body: bytes | bytearray
+    ) -> int:
         """Keep a body we could not parse for inspection; return its quarantine id."""
         with self._pool.connection() as conn, conn, conn.cursor() as cur:
             cur.execute(
@@ -153,13 +156,8 @@ def read_after(
 
 def _append(cur: Any, webhooks: Sequence[Webhook]) -> list[Appended]:
     for webhook in webhooks:
-        blob = webhook.attachment
-        if blob is not None:
-            cur.execute(
-                "INSERT INTO attachments (sha256, size, mimetype, data) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (sha256) DO NOTHING",
-                (blob.sha256, blob.size, blob.mimetype, psycopg2.Binary(blob.data)),
-            )
+        if webhook.attachment is not None:
+            _store_attachment(cur, webhook.attachment)
     cur.execute(
         _INSERT_EVENTS,
         (
@@ -187,3 +185,65 @@ def _append(cur: Any, webhooks: Sequence[Webhook]) -> list[Appended]:
         else:
             answers.append(Appended(existing[key], duplicate=True))
     return answers
+
+
+def _store_attachment(cur: Any, blob: Attachment) -> None:
+    """Store a blob once: small ones in one value, large ones as chunks (migration 0003)."""
+    if blob.data is not None and blob.size <= CHUNK_BYTES:
+        cur.execute(
+            "INSERT INTO attachments (sha256, size, mimetype, data) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (sha256) DO NOTHING",
+            (blob.sha256, blob.size, blob.mimetype, psycopg2.Binary(blob.data)),
+        )
+        return
+    cur.execute(
+        "INSERT INTO attachments (sha256, size, mimetype, data) VALUES (%s, %s, %s, NULL)"
+        " ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
+        (blob.sha256, blob.size, blob.mimetype),
+    )
+    if cur.fetchone() is None:  # stored by an earlier delivery: its chunks are there
+        return
+    for seq, piece in enumerate(blob.chunks()):
+        cur.execute(
+            "INSERT INTO attachment_chunks (sha256, seq, data) VALUES (%s, %s, %s)",
+            (blob.sha256, seq, psycopg2.Binary(piece)),
+        )
+
+
+@dataclass(frozen=True)
+class StoredAttachment:
+    """What the attachments table holds about a blob."""
+
+    sha256: str
+    size: int
+    mimetype: str | None
+    chunked: bool
+
+
+def find_attachment(cur: Any, sha256: str) -> StoredAttachment | None:
+    """The stored attachment with this sha256, without its bytes."""
+    cur.execute("SELECT size, mimetype, data IS NULL FROM attachments WHERE sha256 = %s", (sha256,))
+    row = cur.fetchone()
+    return StoredAttachment(sha256, row[0], row[1], row[2]) if row else None
+
+
+def read_attachment(cur: Any, found: StoredAttachment) -> Iterator[bytes]:
+    """Yield a stored blob's bytes one chunk (about CHUNK_BYTES) at a time, in order."""
+    if found.chunked:
+        seq = 0
+        while True:
+            cur.execute(
+                "SELECT data FROM attachment_chunks WHERE sha256 = %s AND seq = %s",
+                (found.sha256, seq),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return
+            yield bytes(row[0])
+            seq += 1
+    for start in range(0, found.size, CHUNK_BYTES):
+        cur.execute(
+            "SELECT substring(data from %s for %s) FROM attachments WHERE sha256 = %s",
+            (start + 1, CHUNK_BYTES, found.sha256),
+        )
+        yield bytes(cur.fetchone()[0])

@@ -7,7 +7,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from events.attachments import Attachment, split_inline_media
+from events.attachments import (
+    LARGE_BODY_BYTES,
+    Attachment,
+    decode_base64_field,
+    reference_large_media,
+    split_inline_media,
+)
 from events.errors import BadWebhook
 from events.identity import dedupe_key
 
@@ -23,25 +29,36 @@ class Webhook:
     attachment: Attachment | None
 
 
-def parse_webhook(body: bytes) -> Webhook:
+def parse_webhook(body: bytes | bytearray) -> Webhook:
     """Parse an Evolution webhook body; any JSON object with a string `event` is accepted.
+
+    A large attachment comes back in a temporary file: close the webhook's attachment once
+    it is stored.
 
     Raises:
         BadWebhook: the body is not a JSON object with a string `event`.
     """
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise BadWebhook(f"body is not JSON: {error}") from None
-    if not isinstance(payload, dict):
-        raise BadWebhook("body is not a JSON object")
+    large = _split_large(body) if len(body) > LARGE_BODY_BYTES else None
+    attachment: Attachment | None = None
+    if large is not None:
+        payload, attachment = large
+    else:
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise BadWebhook(f"body is not JSON: {error}") from None
+        if not isinstance(payload, dict):
+            raise BadWebhook("body is not a JSON object")
     unwrapped = _unwrap(payload)
     event = unwrapped.get("event")
     if not isinstance(event, str) or not event:
+        if attachment is not None:
+            attachment.close()
         raise BadWebhook("body has no string `event`")
     instance = unwrapped.get("instance")
     instance = instance if isinstance(instance, str) else ""
-    attachment = split_inline_media(unwrapped)
+    if large is None:
+        attachment = split_inline_media(unwrapped)
     changed = attachment is not None or unwrapped is not payload
     if _UNSTORABLE.search(body):
         payload_json = json.dumps(_clean(unwrapped), ensure_ascii=False, separators=(",", ":"))
@@ -59,6 +76,21 @@ def parse_webhook(body: bytes) -> Webhook:
         payload_json=payload_json,
         attachment=attachment,
     )
+
+
+def _split_large(body: bytes | bytearray) -> tuple[dict[str, Any], Attachment] | None:
+    """The large-body path: decode its inline media in chunks, parse only the rest."""
+    found = decode_base64_field(body, min_chars=LARGE_BODY_BYTES // 2)
+    if found is None:
+        return None
+    payload, blob = found
+    attachment = None
+    if isinstance(payload, dict):
+        attachment = reference_large_media(_unwrap(payload), blob)
+    if attachment is None:  # the large string is not the inline media: parse the body whole
+        blob.close()
+        return None
+    return payload, attachment
 
 
 def _unwrap(payload: dict[str, Any]) -> dict[str, Any]:

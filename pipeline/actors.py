@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import dramatiq
 
+from events.errors import MediaRejected, MediaUnavailable
 from pipeline.broker import broker
+from pipeline.config import Settings
 from pipeline.worker import WorkerRuntime, runtime
 
 PROJECTIONS_QUEUE = "projections"
+MEDIA_QUEUE = "media"
 REBUILDS_QUEUE = "rebuilds"
-
-broker.add_middleware(WorkerRuntime())
 
 
 @dramatiq.actor(queue_name=PROJECTIONS_QUEUE, max_retries=0)
@@ -23,6 +26,31 @@ def project_messages() -> None:
     current = runtime()
     if current is not None:
         current.projector.wake()
+
+
+# The media row counts attempts and fails itself after the last one (pipeline/media_jobs.py);
+# Dramatiq's own limit only has to be higher. A rejection is final at once.
+@dramatiq.actor(queue_name=MEDIA_QUEUE, max_retries=60, throws=(MediaRejected,))
+def store_media(media_id: int) -> None:
+    """Take a pending media to stored; transient failures raise, so Dramatiq retries."""
+    current = runtime()
+    if current is None:
+        raise MediaUnavailable("the worker has not booted yet")
+    current.media.store(media_id)
+
+
+def send_store_media(settings: Settings, media_ids: Iterable[int]) -> None:
+    """Queue store_media for each media, with the configured backoff and attempt limit."""
+    for media_id in media_ids:
+        store_media.send_with_options(
+            args=(media_id,),
+            max_retries=settings.media_max_attempts + 2,
+            min_backoff=settings.media_min_backoff_ms,
+            max_backoff=settings.media_max_backoff_ms,
+        )
+
+
+broker.add_middleware(WorkerRuntime(send_store_media))
 
 
 # Longer than a run (pipeline/rebuilds.py WORKER_RUN_SECONDS), shorter than RabbitMQ's

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="projections, lag, parked events, workers, queues")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     replay = commands.add_parser("replay", help="re-apply stored events to a projection")
-    replay.add_argument("--projection", required=True, choices=["messages"])
+    replay.add_argument("--projection", choices=["messages"], help="required unless --media-failed")
     replay.add_argument("--from", dest="first", type=_position, default=1, metavar="POS")
     replay.add_argument("--to", dest="last", type=_position, metavar="POS")
     replay.add_argument("--instance", metavar="NAME")
@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--until", type=_time, metavar="ISO", help="received before")
     replay.add_argument("--parked", action="store_true", help="only the parked events")
     replay.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    replay.add_argument(
+        "--media-failed", action="store_true", help="retry every failed media from its start"
+    )
     rebuild = commands.add_parser(
         "rebuild", help="rebuild a projection from the first event without read downtime"
     )
@@ -122,6 +125,11 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    if args.media_failed:
+        return _replay_media_failed(args, settings)
+    if args.projection is None:
+        print("usage: replay needs --projection NAME (or --media-failed)", file=sys.stderr)
+        return 2
     from events.pool import Pool
     from pipeline.progress import Progress
     from projections.replay import Selection, count, replay
@@ -190,6 +198,24 @@ def _time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
     # A time without an offset is read as UTC, the zone events are received in.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _replay_media_failed(args: argparse.Namespace, settings: Settings) -> int:
+    from events.pool import Pool
+    from pipeline.actors import send_store_media
+    from projections import media
+
+    pool = Pool(settings.database_url, size=1)
+    with pool.connection() as conn:
+        ids = media.requeue(conn, "failed", dry_run=args.dry_run)
+    pool.close()
+    if args.dry_run:
+        print(f"would retry {len(ids)} failed media")
+        return 0
+    # Back to pending first, then queued: a lost message is picked up by the worker's sweep.
+    send_store_media(settings, ids)
+    print(f"retrying {len(ids)} failed media (now pending, attempts reset)")
+    return 0
 
 
 def _position(text: str) -> int:

@@ -20,7 +20,15 @@ DEFAULTS = {
     "WEB_WORKER_CONNECTIONS": "10000",
     "WORKER_PROCESSES": "1",
     "WORKER_THREADS": "8",
+    "MEDIA_MAX_ATTEMPTS": "8",
+    "MEDIA_MIN_BACKOFF_MS": "5000",
+    "MEDIA_MAX_BACKOFF_MS": str(10 * 60 * 1000),
+    "MEDIA_URL_SECONDS": "300",
+    "EVOLUTION_TIMEOUT_SECONDS": "60",
 }
+# Delayed retries wait unacked in worker memory; RabbitMQ closes a channel holding one past
+# its consumer_timeout (30 min by default), so the longest delay stays well below it.
+MEDIA_MAX_BACKOFF_LIMIT_MS = 25 * 60 * 1000
 REQUIRED_IN_PRODUCTION = ("WEBHOOK_TOKEN", "API_TOKENS", "ADMIN_TOKEN")
 
 
@@ -41,9 +49,16 @@ class Settings:
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
     media_dir: str = DEFAULTS["MEDIA_DIR"]
     evolution_api_url: str | None = None
     evolution_api_key: str | None = None
+    evolution_timeout_seconds: int = 60
+    media_max_attempts: int = 8
+    media_min_backoff_ms: int = 5000
+    media_max_backoff_ms: int = 10 * 60 * 1000
+    media_url_seconds: int = 300
     web_concurrency: int = 2
     web_worker_connections: int = 10000
     worker_processes: int = 1
@@ -80,6 +95,14 @@ class Settings:
                 problems.append(f"{name} must be a {'/'.join(schemes)} URL with a host")
             return value
 
+        def optional_url(name: str) -> str | None:
+            value = get(name)
+            if value is not None:
+                parts = urlsplit(value)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    problems.append(f"{name} must be an http/https URL with a host")
+            return value
+
         production = (
             bool(env.get("RAILWAY_DEPLOYMENT_ID")) or env.get("ZAPLINE_ENV") == "production"
         )
@@ -98,11 +121,18 @@ class Settings:
             admin_token=get("ADMIN_TOKEN"),
             max_body_bytes=number("MAX_BODY_BYTES", 1024, 2**31),
             s3_bucket=get("S3_BUCKET"),
-            s3_endpoint_url=get("S3_ENDPOINT_URL"),
+            s3_endpoint_url=optional_url("S3_ENDPOINT_URL"),
             s3_region=get("S3_REGION"),
+            aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
             media_dir=get("MEDIA_DIR") or DEFAULTS["MEDIA_DIR"],
-            evolution_api_url=get("EVOLUTION_API_URL"),
+            evolution_api_url=optional_url("EVOLUTION_API_URL"),
             evolution_api_key=get("EVOLUTION_API_KEY"),
+            evolution_timeout_seconds=number("EVOLUTION_TIMEOUT_SECONDS", 1, 600),
+            media_max_attempts=number("MEDIA_MAX_ATTEMPTS", 1, 50),
+            media_min_backoff_ms=number("MEDIA_MIN_BACKOFF_MS", 1, MEDIA_MAX_BACKOFF_LIMIT_MS),
+            media_max_backoff_ms=number("MEDIA_MAX_BACKOFF_MS", 1, MEDIA_MAX_BACKOFF_LIMIT_MS),
+            media_url_seconds=number("MEDIA_URL_SECONDS", 10, 3600),
             web_concurrency=number("WEB_CONCURRENCY", 1, 64),
             web_worker_connections=number("WEB_WORKER_CONNECTIONS", 10, 100_000),
             worker_processes=number("WORKER_PROCESSES", 1, 64),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -67,6 +68,8 @@ def _tokens() -> dict[str, str]:
 def _banner(url: str, env: dict[str, str]) -> str:
     fixture = ROOT.parent / "shared" / "fixtures" / "evolution" / FIXTURE
     body = f"@{fixture}" if fixture.exists() else "'" + _SAMPLE + "'"
+    instance = json.loads(fixture.read_bytes() if fixture.exists() else _SAMPLE)["instance"]
+    api_token = env["API_TOKENS"].split(",")[0].split(":")[0]
     return f"""
 Zapline is starting at {url}   (tokens are kept in var/dev.env)
 
@@ -79,6 +82,11 @@ Post a real Evolution webhook:
   curl -sS -X POST '{url}/webhooks/evolution' \\
     -H 'Authorization: Bearer {env["WEBHOOK_TOKEN"]}' \\
     -H 'Content-Type: application/json' --data-binary {body}
+
+See it arrive:
+
+  curl -sS -H 'Authorization: Bearer {api_token}' '{url}/api/instances/{instance}/chats'
+  live page: {url}/  (instance {instance}, token {api_token})
 
 Readiness: curl -sS {url}/health/ready      Stop: Ctrl-C
 """

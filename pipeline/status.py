@@ -11,9 +11,10 @@ import pika.exceptions
 from events.pool import Pool
 from pipeline import heartbeat, probes
 from pipeline.config import Settings
+from projections import media
 from projections.rebuild import is_running
 
-QUEUES = ("projections", "rebuilds")
+QUEUES = ("projections", "media", "rebuilds")
 
 
 def projections(pool: Pool) -> list[dict[str, Any]]:
@@ -113,6 +114,8 @@ def gather(settings: Settings) -> dict[str, Any]:
     pool = Pool(settings.database_url, size=1)
     try:
         found = projections(pool)
+        with pool.connection() as conn:
+            media_states = media.counts(conn)
     finally:
         pool.close()
     try:
@@ -123,6 +126,7 @@ def gather(settings: Settings) -> dict[str, Any]:
         workers = None
     return {
         "projections": found,
+        "media": media_states,
         "workers": workers,
         "queues": queue_depths(settings.rabbitmq_url),
     }
@@ -142,6 +146,11 @@ def render(report: dict[str, Any]) -> str:
                 f"  rebuild: {rebuild['state']}, {rebuild['events_done']}"
                 f"/{rebuild['events_total']} events"
             )
+    states = report["media"]
+    lines.append(
+        f"media: {states['pending']} pending, {states['stored']} stored, {states['failed']} failed"
+        + (" (retry: python -m pipeline replay --media-failed)" if states["failed"] else "")
+    )
     workers = report["workers"]
     if workers is None:
         lines.append("workers: unknown (Redis did not answer)")

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
@@ -17,24 +18,32 @@ from events.pool import Pool
 from events.store import Cursor
 from pipeline import fanout, heartbeat, logs, probes
 from pipeline.config import Settings
-from projections import runner
+from pipeline.evolution import EvolutionMedia
+from pipeline.media import storage_from
+from pipeline.media_jobs import MediaJobs
+from projections import media, runner
 
 log = logging.getLogger("zapline.worker")
 
 # Without any wake-up, a new event is projected within this many seconds.
 POLL_SECONDS = 2.0
 PRUNE_EVERY_SECONDS = 600.0
+SWEEP_EVERY_SECONDS = 60.0
 # On SIGTERM dramatiq waits this long for running actors, then the projector gets
 # STOP_SECONDS to finish its batch; a batch is one transaction, so an exit mid-way rolls it
 # back. Railway's drainingSeconds for the worker (railway.worker.json) must exceed the sum.
 SHUTDOWN_TIMEOUT_MS = 15_000
 STOP_SECONDS = 10.0
 
+SendMedia = Callable[[Settings, Iterable[int]], None]
+
 
 class Projector:
     """Catches the projection up in a thread of its own, on wake-up and every POLL_SECONDS."""
 
-    def __init__(self, settings: Settings, worker_id: str) -> None:
+    def __init__(self, settings: Settings, worker_id: str, send_media: SendMedia) -> None:
+        self._settings = settings
+        self._send_media = send_media
         self._pool = Pool(settings.database_url, size=2)
         self._redis = probes.redis_client(settings.redis_url)
         self._worker_id = worker_id
@@ -43,6 +52,7 @@ class Projector:
         self._thread = threading.Thread(target=self._run, name="zapline-projector", daemon=True)
         self._last_beat = 0.0
         self._last_prune = 0.0
+        self._last_sweep = 0.0
         self.checkpoint = Cursor()
         self.projected = 0
 
@@ -71,6 +81,7 @@ class Projector:
                         conn, should_stop=self._stop.is_set, after_commit=self._after_commit
                     )
                     self._prune(conn)
+                    self._sweep(conn)
             except Exception:
                 log.exception("catch-up failed; retrying")
                 self._stop.wait(1.0)
@@ -84,7 +95,31 @@ class Projector:
             fanout.publish(self._redis, batch.feed)
         except Exception as error:  # clients fill the gap from the feed table
             log.warning("fan-out failed", extra={"fields": {"error": type(error).__name__}})
+        self._queue_media(batch.new_media)
         self._beat()
+
+    def _queue_media(self, media_ids: list[int]) -> None:
+        if not media_ids:
+            return
+        try:
+            self._send_media(self._settings, media_ids)
+        except Exception as error:  # broker down: the sweep sends them later
+            log.warning(
+                "could not queue media",
+                extra={"fields": {"media": len(media_ids), "error": type(error).__name__}},
+            )
+
+    def _sweep(self, conn: Any) -> None:
+        """Queue pending media nothing has tried for longer than the longest retry delay.
+
+        Their message was lost (the broker was down after the batch committed), or they wait
+        for a source that may be configured by now.
+        """
+        if time.monotonic() - self._last_sweep < SWEEP_EVERY_SECONDS:
+            return
+        self._last_sweep = time.monotonic()
+        idle = self._settings.media_max_backoff_ms / 1000 + 5 * 60
+        self._queue_media(media.stale(conn, idle_seconds=idle))
 
     def _prune(self, conn: Any) -> None:
         if time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
@@ -113,12 +148,25 @@ class Projector:
 class Runtime:
     """What one worker process holds."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, send_media: SendMedia) -> None:
         self.settings = settings
         # Set at shutdown: long actors (a rebuild) stop at their next safe point.
         self.stopping = threading.Event()
         self.projector = Projector(
-            settings, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            settings, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}", send_media
+        )
+        evolution = None
+        if settings.evolution_api_url:
+            evolution = EvolutionMedia(
+                settings.evolution_api_url,
+                settings.evolution_api_key,
+                settings.evolution_timeout_seconds,
+            )
+        self.media = MediaJobs(
+            Pool(settings.database_url, size=settings.worker_threads),
+            storage_from(settings),
+            evolution,
+            max_attempts=settings.media_max_attempts,
         )
 
 
@@ -133,10 +181,13 @@ def runtime() -> Runtime | None:
 class WorkerRuntime(dramatiq.Middleware):
     """Starts the projector when a worker process boots and stops it on shutdown."""
 
+    def __init__(self, send_media: SendMedia) -> None:
+        self._send_media = send_media
+
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         global _RUNTIME
         logs.configure()
-        _RUNTIME = Runtime(Settings.from_env())
+        _RUNTIME = Runtime(Settings.from_env(), self._send_media)
         _RUNTIME.projector.start()
         _RUNTIME.projector.wake()  # catch up at start (design.md invariant 6)
         log.info("worker started", extra={"fields": {"pid": os.getpid()}})

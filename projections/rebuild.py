@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -316,10 +317,10 @@ def _emit_differences(cur: Any) -> tuple[list[FeedItem], int]:
     """Append a feed change for every message and chat the shadow adds or changes."""
     queries = (
         f"SELECT CASE WHEN l.key_id IS NULL THEN 'message.created' ELSE 'message.updated' END,"
-        f" s.instance, s.key_id, s.data FROM {SHADOW.messages} s LEFT JOIN messages l"
+        f" s.instance, s.key_id, s.data::text FROM {SHADOW.messages} s LEFT JOIN messages l"
         " ON l.instance = s.instance AND l.key_id = s.key_id"
         " WHERE l.key_id IS NULL OR l.data <> s.data ORDER BY s.position, s.instance, s.key_id",
-        f"SELECT 'chat.updated', s.instance, s.chat_jid, s.data FROM {SHADOW.chats} s"
+        f"SELECT 'chat.updated', s.instance, s.chat_jid, s.data::text FROM {SHADOW.chats} s"
         " LEFT JOIN chats l ON l.instance = s.instance AND l.chat_jid = s.chat_jid"
         " WHERE l.chat_jid IS NULL OR l.data <> s.data ORDER BY s.instance, s.chat_jid",
     )
@@ -330,7 +331,10 @@ def _emit_differences(cur: Any) -> tuple[list[FeedItem], int]:
             rows.itersize = 2000
             rows.execute(query)
             while chunk := rows.fetchmany(2000):
-                items = [(kind, (instance, key), data) for kind, instance, key, data in chunk]
+                items = [
+                    (kind, (instance, key), json.loads(text), text)
+                    for kind, instance, key, text in chunk
+                ]
                 appended = append_feed(cur, items)
                 count += len(appended)
                 if count <= PUBLISH_AT_MOST:

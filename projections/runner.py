@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg2.extras
 
 from events.event import Event
@@ -27,7 +28,9 @@ from projections.messages import MessageState
 log = logging.getLogger("zapline.runner")
 
 PROJECTION = "messages"
-BATCH_SIZE = 1000
+# Events per transaction. Larger batches write each touched chat once for more events
+# (catch-up ran ~1.6x faster at 5,000 than at 1,000); live traffic makes small batches anyway.
+BATCH_SIZE = 5000
 # Feed retention (contract "feed"): at least 7 days or 100,000 changes per instance.
 FEED_KEEP_DAYS = 7
 FEED_KEEP_CHANGES = 100_000
@@ -35,12 +38,13 @@ FEED_KEEP_CHANGES = 100_000
 
 @dataclass(frozen=True)
 class FeedItem:
-    """One change as clients receive it."""
+    """One change as clients receive it; `data_json` is `data` as stored in the feed."""
 
     instance: str
     cursor: int
     kind: str
     data: dict[str, Any]
+    data_json: str
 
 
 @dataclass
@@ -117,14 +121,12 @@ def apply_events(
     error is re-raised) and the others go on. `tables` says where rows are read and written.
     """
     batch = Batch()
-    states = _load_messages(
-        cur, {(e.instance, k) for e in events for k in messages.targets(e)}, tables
-    )
+    targets = [[(e.instance, k) for k in messages.targets(e)] for e in events]
+    states = _load_messages(cur, {key for keys in targets for key in keys}, tables)
     loaded = dict(states)
     per_event: list[list[messages.MessageChange]] = []
     last_position: dict[tuple[str, str], int] = {}
-    for event in events:
-        keys = [(event.instance, k) for k in messages.targets(event)]
+    for event, keys in zip(events, targets, strict=True):
         before = {k: states.get(k) for k in keys}
         try:
             changes = messages.apply(states, event)
@@ -155,14 +157,14 @@ def apply_events(
     changed = [k for k in states if states[k] is not loaded.get(k)]
     final = _write_messages(cur, states, loaded, changed, last_position, batch, tables)
     changed_chats = [k for k in chat_states if chat_states[k] is not chat_loaded.get(k)]
-    _write_chats(cur, chat_states, changed_chats, tables)
+    chat_json = _write_chats(cur, chat_states, changed_chats, tables)
     items = [
-        ("message.created" if k in created else "message.updated", k, final[k])
+        ("message.created" if k in created else "message.updated", k, *final[k])
         for k in changed
-        if k in final and (k not in loaded or loaded[k].message != final[k])
+        if k in final and (k not in loaded or loaded[k].message != final[k][0])
     ]
     items += [
-        ("chat.updated", k, chat_states[k].chat)
+        ("chat.updated", k, chat_states[k].chat, chat_json[k])
         for k in changed_chats
         if k not in chat_loaded or chat_loaded[k].chat != chat_states[k].chat
     ]
@@ -288,24 +290,29 @@ def _write_messages(
     last_position: dict[tuple[str, str], int],
     batch: Batch,
     tables: Tables,
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Write changed states; return the final public message of each key that has one."""
-    final: dict[tuple[str, str], dict[str, Any]] = {}
+) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+    """Write changed states; return each key's final public message (and its JSON)."""
+    final: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
     rows, holds, released = [], [], []
+    media_ids = _media_ids(cur, states, changed, batch)
     for key in changed:
         state = states[key]
         if state.message is None:
-            holds.append((*key, json.dumps(state.meta), json.dumps(list(state.held))))
+            holds.append((*key, dumps(state.meta), dumps(list(state.held))))
             continue
-        message = _with_media_id(cur, key, state.message, batch)
-        final[key] = message
+        message = state.message
+        if key in media_ids:
+            media_id, status = media_ids[key]
+            message = {**message, "media": {**message["media"], "id": media_id, "status": status}}
+        text = dumps(message)
+        final[key] = (message, text)
         rows.append(
             (
                 *key,
                 message["chat_jid"],
                 message["timestamp"],
-                json.dumps(message),
-                json.dumps(state.meta),
+                text,
+                dumps(state.meta),
                 last_position.get(key, 0),
             )
         )
@@ -344,25 +351,44 @@ def _write_messages(
     return final
 
 
-def _with_media_id(
-    cur: Any, key: tuple[str, str], message: dict[str, Any], batch: Batch
-) -> dict[str, Any]:
-    media = message.get("media")
-    if media is None or media.get("id") is not None:
-        return message
+def _media_ids(
+    cur: Any,
+    states: dict[tuple[str, str], MessageState],
+    changed: list[tuple[str, str]],
+    batch: Batch,
+) -> dict[tuple[str, str], tuple[int, str]]:
+    """Create (or find) the media rows of messages whose media has no id yet, in one go."""
+    wanted = [
+        (key, state.message["media"])
+        for key in changed
+        if (state := states[key]).message is not None
+        and state.message.get("media") is not None
+        and state.message["media"].get("id") is None
+    ]
+    if not wanted:
+        return {}
     cur.execute(
-        "INSERT INTO media (instance, key_id, mimetype, size, sha256) VALUES (%s, %s, %s, %s, %s)"
+        "INSERT INTO media (instance, key_id, mimetype, size, sha256)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])"
         " ON CONFLICT (instance, key_id) DO UPDATE SET"
         " mimetype = coalesce(media.mimetype, EXCLUDED.mimetype),"
         " size = coalesce(media.size, EXCLUDED.size),"
         " sha256 = coalesce(media.sha256, EXCLUDED.sha256)"
-        " RETURNING id, status, (xmax = 0)",
-        (*key, media.get("mimetype"), media.get("size"), media.get("sha256")),
+        " RETURNING instance, key_id, id, status, (xmax = 0)",
+        (
+            [key[0] for key, _ in wanted],
+            [key[1] for key, _ in wanted],
+            [media.get("mimetype") for _, media in wanted],
+            [media.get("size") for _, media in wanted],
+            [media.get("sha256") for _, media in wanted],
+        ),
     )
-    media_id, status, inserted = cur.fetchone()
-    if inserted:
-        batch.new_media.append(media_id)
-    return {**message, "media": {**media, "id": media_id, "status": status}}
+    found = {}
+    for instance, key_id, media_id, status, inserted in cur.fetchall():
+        found[(instance, key_id)] = (media_id, status)
+        if inserted:
+            batch.new_media.append(media_id)
+    return found
 
 
 def _write_chats(
@@ -370,16 +396,13 @@ def _write_chats(
     states: dict[tuple[str, str], ChatState],
     changed: list[tuple[str, str]],
     tables: Tables,
-) -> None:
+) -> dict[tuple[str, str], str]:
+    """Write changed chats; return each one's public JSON."""
+    texts = {key: dumps(states[key].chat) for key in changed}
     if not changed:
-        return
+        return texts
     rows = [
-        (
-            *key,
-            states[key].chat["last_message_at"],
-            json.dumps(states[key].chat),
-            json.dumps(states[key].meta),
-        )
+        (*key, states[key].chat["last_message_at"], texts[key], dumps(states[key].meta))
         for key in changed
     ]
     psycopg2.extras.execute_values(
@@ -392,16 +415,18 @@ def _write_chats(
         template="(%s, %s, %s::timestamptz, %s::jsonb, %s::jsonb)",
         page_size=1000,
     )
+    return texts
 
 
 def append_feed(
-    cur: Any, items: list[tuple[str, tuple[str, str], dict[str, Any]]]
+    cur: Any, items: list[tuple[str, tuple[str, str], dict[str, Any], str]]
 ) -> list[FeedItem]:
-    """Give each change the next cursor of its instance and store it in the feed."""
+    """Give each change (kind, key, data, data as JSON) the next cursor of its instance and
+    store it in the feed."""
     if not items:
         return []
     counts: dict[str, int] = {}
-    for _, (instance, _), _ in items:
+    for _, (instance, _), _, _ in items:
         counts[instance] = counts.get(instance, 0) + 1
     # The feed_heads row stays locked until commit: cursors become visible in commit order.
     psycopg2.extras.execute_values(
@@ -413,11 +438,11 @@ def append_feed(
     )
     next_cursor = {instance: head - counts[instance] + 1 for instance, head in cur.fetchall()}
     feed, rows = [], []
-    for kind, (instance, key), data in items:
+    for kind, (instance, key), data, text in items:
         cursor = next_cursor[instance]
         next_cursor[instance] += 1
-        feed.append(FeedItem(instance, cursor, kind, data))
-        rows.append((instance, cursor, kind, key, json.dumps(data)))
+        feed.append(FeedItem(instance, cursor, kind, data, text))
+        rows.append((instance, cursor, kind, key, text))
     psycopg2.extras.execute_values(
         cur,
         "INSERT INTO feed (instance, cursor, kind, key, data) VALUES %s",
@@ -426,6 +451,17 @@ def append_feed(
         page_size=1000,
     )
     return feed
+
+
+def dumps(value: Any) -> str:
+    """JSON text of a projection value: orjson's speed, the standard library's reach.
+
+    orjson refuses integers beyond 64 bits, which a payload could carry.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _restore(states: dict[Any, Any], before: dict[Any, Any]) -> None:

@@ -125,7 +125,7 @@ class WebServer:
                 self.process.wait()
 
 
-def start_web(database_url: str, **env: str) -> WebServer:
+def start_web(database_url: str, *, capture_output: bool = False, **env: str) -> WebServer:
     """Start the web service and wait until it answers /health (bounded)."""
     port = free_port()
     full_env = {
@@ -140,7 +140,7 @@ def start_web(database_url: str, **env: str) -> WebServer:
         [sys.executable, "-m", "pipeline", "web", "--bind", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env=full_env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     server = WebServer(process, port, full_env)
@@ -187,11 +187,11 @@ class Worker:
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM to the main process, as Railway does; SIGKILL after `timeout` seconds.
 
-        Only the main process: dramatiq forwards the signal to its workers, and a worker that
-        gets a second SIGTERM (one from the group, one forwarded) exits at once with 1.
+        Not to the group: dramatiq forwards the signal to its workers, and a worker that gets
+        a second SIGTERM exits at once, as killed.
         """
         if self.process.poll() is None:
-            self.process.send_signal(15)
+            os.kill(self.process.pid, 15)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -231,7 +231,10 @@ def projected_up_to_head(url: str) -> bool:
     Compared in read order, (transaction id, position): positions alone do not say it,
     since concurrent transactions take positions in another order than they commit.
     """
-    rows = sql(url, "SELECT NOT EXISTS (SELECT 1 FROM events e, checkpoints c"
-                    " WHERE c.projection = 'messages'"
-                    " AND (e.txid, e.position) > (c.txid::text::xid8, c.position))")
+    rows = sql(
+        url,
+        "SELECT NOT EXISTS (SELECT 1 FROM events e, checkpoints c"
+        " WHERE c.projection = 'messages'"
+        " AND (e.txid, e.position) > (c.txid::text::xid8, c.position))",
+    )
     return bool(rows[0][0])

@@ -298,3 +298,24 @@ def _answers(port: int) -> bool:
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def test_sigterm_ends_the_web_process_without_waiting_out_the_graceful_timeout(
+    fresh_database_url: str,
+) -> None:
+    """Open sockets and idle keep-alive connections must not hold a draining worker."""
+    import http.client
+
+    from pipeline.web import GRACEFUL_TIMEOUT_SECONDS
+
+    web = start_web(fresh_database_url, API_TOKENS=TOKENS, WEB_CONCURRENCY="2")
+    sockets = [_connect(web, "alpha", "tok-a") for _ in range(10)]
+    idle = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+    idle.request("GET", "/health")
+    idle.getresponse().read()
+    started = time.monotonic()
+    web.process.send_signal(signal.SIGTERM)
+    web.process.wait(timeout=GRACEFUL_TIMEOUT_SECONDS + 10)
+    elapsed = time.monotonic() - started
+    assert elapsed < GRACEFUL_TIMEOUT_SECONDS, f"exited after {elapsed:.1f} s"
+    assert all(_read_until_close(ws)[1][:2] == (1012).to_bytes(2, "big") for ws in sockets)

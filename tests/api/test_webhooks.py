@@ -201,45 +201,18 @@ def test_the_database_going_away_gives_503_with_retry_after_then_recovers(
 
 
 def test_every_request_is_logged_as_one_json_line_without_secrets(database_url: str) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-    from tests.conftest import WebServer as Server
-    from tests.netutil import free_port
-
-    port = free_port()
-    env = {
-        **__import__("os").environ,
-        "DATABASE_URL": database_url,
-        "WEBHOOK_TOKEN": WEBHOOK_TOKEN,
-        "WEB_CONCURRENCY": "1",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "web", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    server = Server(process, port, env)
+    server = start_web(database_url, capture_output=True)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                server.request("GET", "/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
         instance = "log-" + uuid.uuid4().hex[:6]
         server.post_webhook(
             _text_message(instance, "L1"), f"/webhooks/evolution?token={WEBHOOK_TOKEN}", {}
         )
     finally:
         server.stop()
+    assert server.process.stdout is not None
     lines = [
         json.loads(line)
-        for line in process.stdout.read().decode().splitlines()
+        for line in server.process.stdout.read().decode().splitlines()
         if line.startswith("{")
     ]
     posts = [line for line in lines if line.get("method") == "POST"]

@@ -164,3 +164,44 @@ def test_concurrent_migrations_apply_each_file_once() -> None:
         assert migrate(url, log=lambda _: None) == []
     finally:
         drop_database(url)
+
+
+def test_a_large_attachment_is_stored_in_chunks_once_and_reads_back_whole(
+    store: EventStore, fresh_database_url: str
+) -> None:
+    import base64
+    import hashlib
+    import os
+
+    from events.store import find_attachment, read_attachment
+
+    blob = os.urandom(2 * 1024 * 1024 + 7)
+    bodies = [
+        json.dumps(
+            {
+                "event": "messages.upsert",
+                "instance": "m",
+                "data": {
+                    "key": {"id": key},
+                    "message": {
+                        "videoMessage": {"mimetype": "video/mp4"},
+                        "base64": base64.b64encode(blob).decode(),
+                    },
+                },
+            }
+        ).encode()
+        for key in ("A", "B")
+    ]
+    for body in bodies:  # in two transactions: the second finds the chunks already there
+        store.append([parse_webhook(body)])
+    digest = hashlib.sha256(blob).hexdigest()
+    assert sql(fresh_database_url, "SELECT data IS NULL FROM attachments") == [(True,)]
+    assert sql(fresh_database_url, "SELECT count(*) FROM attachment_chunks") == [(3,)]
+    conn = psycopg2.connect(fresh_database_url)
+    try:
+        with conn.cursor() as cur:
+            found = find_attachment(cur, digest)
+            assert found is not None and found.size == len(blob)
+            assert b"".join(read_attachment(cur, found)) == blob
+    finally:
+        conn.close()

@@ -1,0 +1,52 @@
+"""MediaResource: GET /api/media/{media_id} — a short-lived link to the bytes, or the bytes."""
+
+from __future__ import annotations
+
+import falcon
+
+from api.tokens import ApiAuth, NotFound, may_see
+from events.errors import ZaplineError
+from events.pool import Pool
+from pipeline.media import MediaStorage
+
+_MEDIA = "SELECT instance, status, mimetype, size, storage_key FROM media WHERE id = %s"
+_BIGINT_MAX = 2**63 - 1
+# How much of a local file one write hands the server at a time.
+_BLOCK_BYTES = 256 * 1024
+
+
+class MediaNotStored(ZaplineError):
+    """The media exists but its bytes are not stored (yet, or ever: see its status)."""
+
+
+class MediaResource:
+    """302 to a presigned URL (S3), or the file streamed with its type and length (local)."""
+
+    def __init__(self, auth: ApiAuth, pool: Pool, storage: MediaStorage) -> None:
+        self._auth = auth
+        self._pool = pool
+        self._storage = storage
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, media_id: str) -> None:
+        instances = self._auth.instances_for(req)
+        found = None
+        # isascii: str.isdigit also accepts "³" and other digits int() refuses.
+        if media_id.isascii() and media_id.isdigit() and int(media_id) <= _BIGINT_MAX:
+            with self._pool.connection() as conn, conn.cursor() as cur:
+                cur.execute(_MEDIA, (int(media_id),))
+                found = cur.fetchone()
+                conn.rollback()
+        # Unknown and another tenant's media look the same (no existence leak).
+        if found is None or not may_see(instances, found[0]):
+            raise NotFound("not found")
+        _, status, mimetype, size, key = found
+        if status != "stored" or key is None:
+            raise MediaNotStored(f"media is {status}")
+        content_type = mimetype or "application/octet-stream"
+        resp.cache_control = ["private", "no-store"]
+        url = self._storage.url(key, content_type)
+        if url is not None:
+            raise falcon.HTTPFound(url, headers={"Cache-Control": "private, no-store"})
+        resp.content_type = content_type
+        resp.set_stream(self._storage.open(key), size)
+        resp.set_header("X-Content-Type-Options", "nosniff")

@@ -1,0 +1,231 @@
+"""Stand-ins for media tests: a real PNG, an Evolution API that answers getBase64FromMediaMessage,
+a local S3 (moto's server mode) and a proxy that stalls an upload half-way."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.netutil import free_port
+
+
+def png(width: int, height: int, seed: int = 0) -> bytes:
+    """A valid RGB PNG whose pixels depend on `seed` (so seeds give different bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    rows = b"".join(
+        b"\x00" + bytes(((x * 7 + y * 13 + seed) % 256) for x in range(width * 3))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 1))
+        + chunk(b"IEND", b"")
+    )
+
+
+def image_upsert(instance: str, key_id: str, blob: bytes | None, **extra: Any) -> bytes:
+    """A messages.upsert with an imageMessage; inline base64 when `blob` is given."""
+    message: dict[str, Any] = {
+        "imageMessage": {"mimetype": "image/png", "caption": f"photo {key_id}"}
+    }
+    if blob is not None:
+        message["base64"] = base64.b64encode(blob).decode()
+    return json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": instance,
+            "data": {
+                "key": {"id": key_id, "remoteJid": "5511999990000@s.whatsapp.net", "fromMe": False},
+                "pushName": "Ana",
+                "message": message,
+                "messageType": "imageMessage",
+                "messageTimestamp": 1764460800,
+                **extra,
+            },
+        }
+    ).encode()
+
+
+@dataclass
+class Answer:
+    """One scripted answer: status, the file to send as base64, and a delay before it."""
+
+    status: int
+    blob: bytes | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class EvolutionStub:
+    """Answers POST /chat/getBase64FromMediaMessage/{instance} from a script per key id.
+
+    Each request for a key id takes the next scripted answer; the last one repeats.
+    Unscripted key ids get 400 with Evolution's error shape.
+    """
+
+    api_key: str = "evolution-test-key"
+    script: dict[str, list[Answer]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                stub.requests.append(
+                    {"path": self.path, "apikey": self.headers.get("apikey"), "body": body}
+                )
+                key_id = body.get("message", {}).get("key", {}).get("id")
+                answers = stub.script.get(key_id) or [Answer(400)]
+                answer = answers.pop(0) if len(answers) > 1 else answers[0]
+                time.sleep(answer.delay)
+                if answer.status == 201 and answer.blob is not None:
+                    out = {
+                        "mediaType": "imageMessage",
+                        "fileName": f"{key_id}.png",
+                        "caption": None,
+                        "size": {"fileLength": len(answer.blob)},
+                        "mimetype": "image/png",
+                        "base64": base64.b64encode(answer.blob).decode(),
+                        "buffer": None,
+                    }
+                else:
+                    out = {
+                        "status": answer.status,
+                        "error": "Bad Request" if answer.status == 400 else "Internal Server Error",
+                        "response": {"message": ["Message not found"]},
+                    }
+                data = json.dumps(out).encode()
+                with contextlib.suppress(OSError):  # the client may have timed out already
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
+    """A local S3 over real HTTP (moto's server mode; it does not check signatures)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "S3_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    s3_client(env).create_bucket(Bucket=bucket)
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+def s3_client(env: dict[str, str]) -> Any:
+    import boto3
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=env["S3_ENDPOINT_URL"],
+        region_name=env["S3_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+class StallingProxy:
+    """Forwards to 127.0.0.1:target, but stops passing client bytes on after `budget` of them.
+
+    An upload through it hangs half-way: what a worker killed mid-upload has sent.
+    """
+
+    def __init__(self, target: int, budget: int) -> None:
+        self._target = target
+        self._budget = budget
+        self.forwarded = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
+
+    def _up(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                with self._lock:
+                    allowed = max(0, min(len(data), self._budget - self.forwarded))
+                    self.forwarded += allowed
+                if allowed:
+                    sink.sendall(data[:allowed])
+                if allowed < len(data):
+                    while source.recv(65536):  # swallow the rest: the upload never completes
+                        pass
+                    return
+
+    def _down(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
