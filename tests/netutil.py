@@ -33,10 +33,16 @@ class Blackhole:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:port to a target until cut; `cut()` drops every connection."""
+    """Forwards 127.0.0.1:port to a target until cut; `cut()` drops every connection.
 
-    def __init__(self, target_port: int, port: int = 0) -> None:
+    With a `budget`, it passes only that many client bytes upstream, then swallows the rest:
+    an upload through it hangs half-way, as one from a process killed mid-upload does.
+    """
+
+    def __init__(self, target_port: int, port: int = 0, budget: int | None = None) -> None:
         self._target = target_port
+        self._budget = budget
+        self.forwarded = 0
         self._server = socket.create_server(("127.0.0.1", port))
         self.port = self._server.getsockname()[1]
         self._conns: list[socket.socket] = []
@@ -57,8 +63,22 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._upstream, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+
+    def _upstream(self, source: socket.socket, sink: socket.socket) -> None:
+        if self._budget is None:
+            _pipe(source, sink)
+            return
+        try:
+            while data := source.recv(65536):
+                with self._lock:
+                    allowed = max(0, min(len(data), self._budget - self.forwarded))
+                    self.forwarded += allowed
+                if allowed:
+                    sink.sendall(data[:allowed])
+        except OSError:
+            pass
 
     def cut(self) -> None:
         """Stop listening and drop every forwarded connection."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import socket
 import struct
 import threading
 import time
@@ -174,58 +173,3 @@ def s3_client(env: dict[str, str]) -> Any:
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
-
-
-class StallingProxy:
-    """Forwards to 127.0.0.1:target, but stops passing client bytes on after `budget` of them.
-
-    An upload through it hangs half-way: what a worker killed mid-upload has sent.
-    """
-
-    def __init__(self, target: int, budget: int) -> None:
-        self._target = target
-        self._budget = budget
-        self.forwarded = 0
-        self._lock = threading.Lock()
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
-            upstream.settimeout(None)
-            self._sockets += [client, upstream]
-            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
-
-    def _up(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                with self._lock:
-                    allowed = max(0, min(len(data), self._budget - self.forwarded))
-                    self.forwarded += allowed
-                if allowed:
-                    sink.sendall(data[:allowed])
-                if allowed < len(data):
-                    while source.recv(65536):  # swallow the rest: the upload never completes
-                        pass
-                    return
-
-    def _down(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
-        for s in self._sockets:
-            with contextlib.suppress(OSError):
-                s.close()

@@ -16,7 +16,8 @@ from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
 from tests.conftest import sql, start_web, start_worker, wait_for
-from tests.pipeline.stubs import StallingProxy, image_upsert, moto_s3, png, s3_client
+from tests.netutil import TcpProxy
+from tests.pipeline.stubs import image_upsert, moto_s3, png, s3_client
 
 pytestmark = pytest.mark.services
 
@@ -87,7 +88,7 @@ def test_a_worker_killed_mid_upload_leaves_nothing_that_blocks_a_retry(
     blob = os.urandom(12 * 1024 * 1024)  # over boto3's multipart threshold here (8 MB)
     EventStore(Pool(url, size=1)).append([parse_webhook(image_upsert("kill", "KILL1", blob))])
     port = int(urlsplit(s3["S3_ENDPOINT_URL"]).port or 0)
-    proxy = StallingProxy(port, budget=3 * 1024 * 1024)
+    proxy = TcpProxy(port, budget=3 * 1024 * 1024)
     # given: a worker whose upload hangs after 3 MB
     worker = start_worker(url, **{**s3, "S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"})
     try:
@@ -95,7 +96,7 @@ def test_a_worker_killed_mid_upload_leaves_nothing_that_blocks_a_retry(
         # when: it is SIGKILLed in the middle of the upload
         worker.kill()
     finally:
-        proxy.close()
+        proxy.cut()
     # then: the media is still pending and no object exists
     assert _media(url, "KILL1")[1] == "pending"  # type: ignore[index]
     assert _objects(s3) == []
