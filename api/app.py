@@ -185,7 +185,7 @@ def _send_rebuild(name: str) -> None:
             del broker.connection
 
 
-# Flipped to draining by the gunicorn worker's SIGTERM handler (pipeline/web.py).
+# Flipped to draining by the gunicorn worker's SIGTERM handler (api/server.py).
 LIFECYCLE = Lifecycle()
 
 STATIC = Path(__file__).resolve().parent / "static"
