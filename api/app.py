@@ -24,12 +24,13 @@ from api.auth import Unauthorized, WebhookAuth
 from api.guards import RejectNul
 from api.health import HealthResource, Lifecycle, ReadyResource
 from api.ingest import GroupCommitter
-from api.live import WS_PATH, Hub, LiveResource, UpgradeRequired
+from api.live import Hub, LiveResource, UpgradeRequired
 from api.media import MediaNotStored, MediaResource
 from api.metrics import MeasuredCommitter, MetricsResource, StateCollector, WebhookOutcomes
 from api.openapi import OpenApiResource
 from api.reads import BadQuery, add_read_routes
 from api.requestlog import RequestLog
+from api.server import WS_PATH
 from api.tokens import ApiAuth, BadApiToken, NotFound
 from api.webhooks import BodyTooLarge, WebhookResource
 from events.errors import (

@@ -26,6 +26,7 @@ from geventwebsocket.exceptions import WebSocketError
 from api.health import Lifecycle
 from api.metrics import WEBSOCKET_CLIENTS
 from api.reads import BadQuery, read_feed
+from api.server import PRECHECK
 from api.tokens import ApiAuth
 from events.errors import ZaplineError
 from events.pool import Pool
@@ -33,9 +34,6 @@ from pipeline.fanout import CHANNEL_PREFIX
 
 log = logging.getLogger("zapline.live")
 
-WS_PATH = "/ws"
-# Set by the connection handler (pipeline/web.py) when it asks the app whether to upgrade.
-PRECHECK = "zapline.websocket.precheck"
 SERVICE_RESTART = 1012
 PING_SECONDS = 20.0
 # A client that vanished without closing (power loss, dead network) is dropped by the kernel

@@ -12,7 +12,11 @@ from gevent.pywsgi import WSGIHandler
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 
-from api.live import PRECHECK, WS_PATH
+# gunicorn imports this module in its master process: it must import nothing of ours that
+# pulls in drivers before the worker's gevent monkey-patching.
+WS_PATH = "/ws"
+# Set by the connection handler when it asks the app whether to upgrade a request.
+PRECHECK = "zapline.websocket.precheck"
 
 
 class ZaplineHandler(WebSocketHandler):
