@@ -26,7 +26,11 @@ def run(settings: Settings) -> int:
     env = {**os.environ, **{k: v for k, v in tokens.items() if not os.environ.get(k)}}
     url = f"http://127.0.0.1:{settings.port}"
     children = {
-        name: subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=env, cwd=ROOT)
+        # Sessions of their own: Ctrl-C reaches only us, and each child then gets the SIGTERM
+        # a deploy would send, and shuts down gracefully.
+        name: subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *args], env=env, cwd=ROOT, start_new_session=True
+        )
         for name, args in CHILDREN.items()
     }
     print(_banner(url, env), flush=True)
