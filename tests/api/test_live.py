@@ -319,3 +319,23 @@ def test_sigterm_ends_the_web_process_without_waiting_out_the_graceful_timeout(
     elapsed = time.monotonic() - started
     assert elapsed < GRACEFUL_TIMEOUT_SECONDS, f"exited after {elapsed:.1f} s"
     assert all(_read_until_close(ws)[1][:2] == (1012).to_bytes(2, "big") for ws in sockets)
+
+
+def test_a_change_posted_to_one_web_replica_reaches_sockets_on_another(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    worker = start_worker(url)
+    one = start_web(url, API_TOKENS=TOKENS)
+    two = start_web(url, API_TOKENS=TOKENS)
+    try:
+        ws = _connect(one, "alpha", "tok-a")
+        _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+        assert two.post_webhook(_upsert("alpha", "ACROSS")).status == 200
+        frames = _frames_until(ws, lambda fs: "ACROSS" in _created_keys(fs))
+        ws.close()
+        assert _created_keys(frames) == ["ACROSS"]
+    finally:
+        one.stop()
+        two.stop()
+        worker.stop()
