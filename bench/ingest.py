@@ -51,7 +51,9 @@ import psycopg2
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "ingest.lua"
 RESULTS = ROOT / "bench" / "RESULTS.md"
-FIXTURE = Path("/work/shared/fixtures/evolution/messages.upsert__conversation__1.json")
+FIXTURE = (
+    ROOT.parent / "shared" / "fixtures" / "evolution" / "messages.upsert__conversation__1.json"
+)
 HEADING = "## Ingest (bench/ingest.py)"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/zapline_bench"
 

@@ -48,7 +48,6 @@ import secrets
 import selectors
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -64,10 +63,21 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg2
+from common import (  # noqa: E402
+    Proc,
+    free_port,
+    fresh_database,
+    percentile,
+    verdict,
+    wait_worker,
+    write_section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
-FIXTURE = Path("/work/shared/fixtures/evolution/messages.upsert__conversation__1.json")
+FIXTURE = (
+    ROOT.parent / "shared" / "fixtures" / "evolution" / "messages.upsert__conversation__1.json"
+)
 HEADING = "## Live push (bench/live.py)"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/zapline_bench_live"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -92,18 +102,6 @@ LIVE_FRAME = re.compile(rb'^\{"type":"live","cursor":(\d+)\}$')
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of a sorted list (q in 0..100)."""
-    if not values:
-        return float("nan")
-    rank = max(1, min(len(values), int(-(-q * len(values) // 100))))
-    return values[rank - 1]
-
-
 # ---------------------------------------------------------------------------- environment
 
 
@@ -117,32 +115,6 @@ def raise_nofile(want: int = NOFILE) -> tuple[int, int]:
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def fresh_database(url: str) -> None:
-    """Drop the bench database (only one whose name says bench) and migrate a new one."""
-    name = urlsplit(url).path.lstrip("/")
-    if "bench" not in name:
-        raise SystemExit(f"refusing to drop {name!r}: the bench database must be named *bench*")
-    conn = psycopg2.connect(with_database(url, "postgres"), connect_timeout=5)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        conn.close()
-    subprocess.run(
-        [sys.executable, "-m", "pipeline", "migrate"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
-        check=True,
-        timeout=120,
-        stdout=subprocess.DEVNULL,
-    )
 
 
 def rabbitmq_url_for(vhost: str) -> tuple[str, str]:
@@ -264,51 +236,6 @@ def socket_memory_mb() -> float:
 # ---------------------------------------------------------------------------- services
 
 
-class Proc:
-    """A service subprocess in its own session; stopped by SIGTERM to the group, then SIGKILL."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, grace: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                print(f"  {self.name} still up {grace:g} s after SIGTERM: killing it")
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self._log.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_healthy(web: Proc, port: int, workers: int, timeout: float = 45.0) -> list[int]:
     """Wait for /health and for `workers` gunicorn children; return their pids."""
     deadline = time.monotonic() + timeout
@@ -326,17 +253,6 @@ def wait_healthy(web: Proc, port: int, workers: int, timeout: float = 45.0) -> l
             last = str(error)
         time.sleep(0.2)
     raise RuntimeError(f"web not ready within {timeout:g} s ({last}); log: {web.log_path}")
-
-
-def wait_worker(worker: Proc, timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not worker.alive():
-            raise RuntimeError(f"worker exited: log {worker.log_path}")
-        if b"worker started" in worker.log_path.read_bytes():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"worker did not start within {timeout:g} s; log: {worker.log_path}")
 
 
 def log_problems(path: Path, limit: int = 5) -> tuple[int, list[str]]:
@@ -1031,7 +947,7 @@ def run_broadcast(
                 if key.encode() in c.created
             )
             got = len(arrivals)
-            p50 = pct(arrivals, 50)
+            p50 = percentile(arrivals, 50)
             last = arrivals[-1] if arrivals else float("nan")
             first = arrivals[0] if arrivals else float("nan")
             result.broadcast.append((status, got, first, p50, last))
@@ -1085,7 +1001,7 @@ class EndToEnd:
     client_loop_ms: float = 0.0
 
     def p(self, q: float) -> float:
-        return pct(self.latencies, q)
+        return percentile(self.latencies, q)
 
     def exact(self) -> bool:
         return self.missing == 0 and self.duplicates == 0 and self.received == self.expected
@@ -1253,7 +1169,7 @@ def run_end_to_end(args: argparse.Namespace, env: dict[str, str], logs: Path) ->
         )[:5]
         for second in sorted(seconds):
             values = sorted(seconds[second])
-            result.by_second.append((second, pct(values, 50), pct(values, 99)))
+            result.by_second.append((second, percentile(values, 50), percentile(values, 99)))
         result.stages = stages(fleet.clients, start_of, published, stamps)
     finally:
         if fleet is not None:
@@ -1326,15 +1242,24 @@ def stages(
     out = []
     for name, values in parts.items():
         values.sort()
-        out.append((name, len(values), pct(values, 50), pct(values, 99), pct(values, 100)))
+        out.append(
+            (
+                name,
+                len(values),
+                percentile(values, 50),
+                percentile(values, 99),
+                percentile(values, 100),
+            )
+        )
     return out
 
 
 def print_end_to_end(r: EndToEnd) -> None:
     print(
         f"  posted {r.posted:,}: 200 {r.ok_200:,}, other {r.non_200 or 'none'}; post -> 200"
-        f" p50 {pct(r.answer_ms, 50):.1f} ms, p99 {pct(r.answer_ms, 99):.1f} ms; send lag p99"
-        f" {pct(r.send_lag_ms, 99):.1f} ms; posting took {r.post_seconds:.1f} s"
+        f" p50 {percentile(r.answer_ms, 50):.1f} ms, p99 {percentile(r.answer_ms, 99):.1f} ms;"
+        f" send lag p99"
+        f" {percentile(r.send_lag_ms, 99):.1f} ms; posting took {r.post_seconds:.1f} s"
     )
     print(
         f"  frames expected {r.expected:,} ({r.ok_200:,} x {r.live} clients), received"
@@ -1538,8 +1463,8 @@ def render(
             f"| {e2e.posted:,} | {e2e.ok_200:,} | {e2e.expected:,} | {e2e.received:,} |"
             f" {e2e.missing:,} | {e2e.duplicates:,} | {e2e.p(50):.1f} | {e2e.p(90):.1f} |"
             f" {e2e.p(99):.1f} | {e2e.p(100):.1f} | {e2e.negative:,} |"
-            f" {pct(e2e.answer_ms, 50):.1f} / {pct(e2e.answer_ms, 99):.1f} |"
-            f" {pct(e2e.send_lag_ms, 99):.1f} |",
+            f" {percentile(e2e.answer_ms, 50):.1f} / {percentile(e2e.answer_ms, 99):.1f} |"
+            f" {percentile(e2e.send_lag_ms, 99):.1f} |",
             "",
             f"Non-200 answers: {non200}; cursor regressions (a frame at or below the last"
             f" cursor): {e2e.regressions}; client errors: {e2e.errors or 'none'}. Machine busy"
@@ -1572,22 +1497,6 @@ def render(
         ]
         lines += [f"    {line}" for line in e2e.problem_lines]
     return "\n".join(lines) + "\n"
-
-
-def write_results(section: str) -> None:
-    """Replace only our section of bench/RESULTS.md (created when missing)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == HEADING), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    RESULTS.write_text(text)
 
 
 # ---------------------------------------------------------------------------- main
@@ -1676,7 +1585,7 @@ def main() -> int:
             print(f"  !!! end-to-end run failed: {error}")
             failed = True
     if not args.no_write and (cap is not None or e2e is not None):
-        write_results(render(args, command, vhost, cap, e2e))
+        write_section(HEADING, render(args, command, vhost, cap, e2e))
         print(f"\nwrote {RESULTS.relative_to(ROOT)} ({HEADING})")
     return 1 if failed else 0
 

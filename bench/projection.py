@@ -35,27 +35,35 @@ import os
 import platform
 import secrets
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.extensions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import (  # noqa: E402
+    Proc,
+    database_name,
+    free_port,
+    fresh_database,
+    percentile,
+    verdict,
+    wait_healthy,
+    wait_worker,
+    with_database,
+    write_section,
+)
 
 from events.pool import Pool  # noqa: E402
 from events.store import Cursor, EventStore, read_after  # noqa: E402
@@ -64,7 +72,9 @@ from projections import runner  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## Projection (bench/projection.py)"
-FIXTURE = Path("/work/shared/fixtures/evolution/messages.upsert__conversation__1.json")
+FIXTURE = (
+    ROOT.parent / "shared" / "fixtures" / "evolution" / "messages.upsert__conversation__1.json"
+)
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/zapline_bench_projection"
 
 TARGET_CATCH_UP = 15_000.0  # events/s, at least
@@ -77,40 +87,6 @@ SENDER_THREADS = 8
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def database_name(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
-
-
-def fresh_database(url: str) -> None:
-    """Drop the bench database (only one whose name says bench) and migrate a new one."""
-    name = database_name(url)
-    if "bench" not in name:
-        raise SystemExit(f"refusing to drop {name!r}: the bench database must be named *bench*")
-    conn = psycopg2.connect(with_database(url, "postgres"), connect_timeout=5)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        conn.close()
-    subprocess.run(
-        [sys.executable, "-m", "pipeline", "migrate"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
-        check=True,
-        timeout=120,
-        stdout=subprocess.DEVNULL,
-    )
 
 
 def connect(url: str, *, autocommit: bool = False) -> Any:
@@ -135,15 +111,6 @@ def query(url: str, sql: str, params: tuple | None = None, *, autocommit: bool =
 def checkpoint(url: str) -> None:
     """Start each timed phase with little dirty data."""
     query(url, "CHECKPOINT", autocommit=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -570,75 +537,6 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
 # ---------------------------------------------------------------------------- latency
 
 
-class Proc:
-    """A service subprocess in its own session; stopped by SIGTERM to the group, then SIGKILL."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, grace: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                print(f"  {self.name} still up {grace:g} s after SIGTERM: killing it")
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self._log.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(web: Proc, port: int, timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if not web.alive():
-            raise RuntimeError(f"web exited with {web.proc.returncode}; log: {web.log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-                last = f"HTTP {answer.status}"
-        except (OSError, urllib.error.URLError) as error:
-            last = str(error)
-        time.sleep(0.2)
-    raise RuntimeError(f"/health not 200 within {timeout:g} s ({last}); log: {web.log_path}")
-
-
-def wait_worker(worker: Proc, timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not worker.alive():
-            raise RuntimeError(f"worker exited: log {worker.log_path}")
-        if b"worker started" in worker.log_path.read_bytes():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"worker did not start within {timeout:g} s; log: {worker.log_path}")
-
-
 def ensure_vhost(name: str) -> bool:
     """A RabbitMQ vhost of our own, so no other worker on this broker takes our wake-ups."""
     try:
@@ -793,11 +691,11 @@ class LatencyRun:
 
     @property
     def p50(self) -> float:
-        return pct(self.latencies_ms, 50)
+        return percentile(self.latencies_ms, 50)
 
     @property
     def p99(self) -> float:
-        return pct(self.latencies_ms, 99)
+        return percentile(self.latencies_ms, 99)
 
 
 def count_log_problems(path: Path) -> int:
@@ -928,13 +826,13 @@ def run_latency(
     print(
         f"  posted {result.posted:,}, 200 {result.acked:,}, measured {result.measured:,}"
         f" (seen before its 200: {result.negative});"
-        f" send lag p99 {pct(result.send_lag_ms, 99):.1f} ms,"
-        f" 200 p50/p99 {pct(result.ack_ms, 50):.1f}/{pct(result.ack_ms, 99):.1f} ms"
+        f" send lag p99 {percentile(result.send_lag_ms, 99):.1f} ms,"
+        f" 200 p50/p99 {percentile(result.ack_ms, 50):.1f}/{percentile(result.ack_ms, 99):.1f} ms"
     )
     print(
-        f"  poll cycle p50/p99 {pct(result.poll_cycle_ms, 50):.2f}"
-        f"/{pct(result.poll_cycle_ms, 99):.2f} ms"
-        f" (query p50 {pct(result.poll_query_ms, 50):.2f} ms) = the resolution"
+        f"  poll cycle p50/p99 {percentile(result.poll_cycle_ms, 50):.2f}"
+        f"/{percentile(result.poll_cycle_ms, 99):.2f} ms"
+        f" (query p50 {percentile(result.poll_query_ms, 50):.2f} ms) = the resolution"
     )
     print(
         f"  200 -> messages row: p50 {result.p50:.1f} ms -> {verdict(result.p50 < TARGET_P50_MS)}"
@@ -1085,11 +983,11 @@ def render(
             " | 200 p50 / p99 ms | send lag p99 ms | poll cycle p50 / p99 ms (resolution) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             f"| {lat.posted:,} | {lat.acked:,} | {lat.measured:,} | {lat.negative} |"
-            f" {lat.p50:.1f} | {pct(lat.latencies_ms, 90):.1f} | {lat.p99:.1f} |"
+            f" {lat.p50:.1f} | {percentile(lat.latencies_ms, 90):.1f} | {lat.p99:.1f} |"
             f" {max(lat.latencies_ms, default=float('nan')):.1f} |"
-            f" {pct(lat.ack_ms, 50):.1f} / {pct(lat.ack_ms, 99):.1f} |"
-            f" {pct(lat.send_lag_ms, 99):.1f} |"
-            f" {pct(lat.poll_cycle_ms, 50):.2f} / {pct(lat.poll_cycle_ms, 99):.2f} |",
+            f" {percentile(lat.ack_ms, 50):.1f} / {percentile(lat.ack_ms, 99):.1f} |"
+            f" {percentile(lat.send_lag_ms, 99):.1f} |"
+            f" {percentile(lat.poll_cycle_ms, 50):.2f} / {percentile(lat.poll_cycle_ms, 99):.2f} |",
             "",
             f"Machine busy just before posting: {lat.busy_before:.0%}."
             f" Client errors: {len(lat.errors)}; warning/error lines in service logs:"
@@ -1099,27 +997,6 @@ def render(
             f" while it ran: {lat.consumers_during} (1 = ours only).",
         ]
     return "\n".join(lines) + "\n"
-
-
-def write_results(section: str) -> None:
-    """Replace only our section of bench/RESULTS.md (or add it); keep every other section."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == HEADING), None)
-    if start is None:
-        text = old
-        if text and not text.endswith("\n"):
-            text += "\n"
-        text = (text + "\n" if text else "") + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    temporary = RESULTS.with_suffix(".md.tmp-projection")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(RESULTS)
 
 
 # ---------------------------------------------------------------------------- main
@@ -1183,7 +1060,7 @@ def main() -> int:
                     (keep / name).write_bytes((Path(logs) / name).read_bytes())
                 print(f"  service logs kept in {keep}")
     if not args.no_write:
-        write_results(render(args, command, pg, catch, lat))
+        write_section(HEADING, render(args, command, pg, catch, lat))
         print(f"wrote {RESULTS.relative_to(ROOT)} ({HEADING})")
     return 0
 

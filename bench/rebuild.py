@@ -63,18 +63,23 @@ def load(url: str, count: int) -> float:
             instance = f"bench{i % INSTANCES}"
             if i % 5 == 4:
                 key = f"K{i - 3}"
-                payload = {"event": "messages.update", "instance": instance,
-                           "data": {"keyId": key, "status": "READ"}}
+                payload = {
+                    "event": "messages.update",
+                    "instance": instance,
+                    "data": {"keyId": key, "status": "READ"},
+                }
                 dedupe = f"{instance}|update|{key}|READ"
             else:
                 chat = (i // INSTANCES) % CHATS
                 payload = {
-                    "event": "messages.upsert", "instance": instance,
-                    "data": {"key": {"id": f"K{i}", "remoteJid": _jid(chat),
-                                     "fromMe": i % 7 == 0},
-                             "pushName": f"Contact {chat}",
-                             "message": {"conversation": f"message number {i}"},
-                             "messageTimestamp": 1764460800 + i},
+                    "event": "messages.upsert",
+                    "instance": instance,
+                    "data": {
+                        "key": {"id": f"K{i}", "remoteJid": _jid(chat), "fromMe": i % 7 == 0},
+                        "pushName": f"Contact {chat}",
+                        "message": {"conversation": f"message number {i}"},
+                        "messageTimestamp": 1764460800 + i,
+                    },
                 }
                 dedupe = f"{instance}|upsert|K{i}"
             text = json.dumps(payload).replace("\\", "\\\\")
@@ -120,16 +125,28 @@ class Load:
             wait = started + n / self.rate - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            body = json.dumps({
-                "event": "messages.upsert", "instance": "bench0",
-                "data": {"key": {"id": f"L{uuid.uuid4().hex}", "remoteJid": _jid(n % CHATS),
-                                 "fromMe": False},
-                         "message": {"conversation": f"live {n}"},
-                         "messageTimestamp": 1800000000 + n},
-            })
+            body = json.dumps(
+                {
+                    "event": "messages.upsert",
+                    "instance": "bench0",
+                    "data": {
+                        "key": {
+                            "id": f"L{uuid.uuid4().hex}",
+                            "remoteJid": _jid(n % CHATS),
+                            "fromMe": False,
+                        },
+                        "message": {"conversation": f"live {n}"},
+                        "messageTimestamp": 1800000000 + n,
+                    },
+                }
+            )
             try:
-                conn.request("POST", "/webhooks/evolution", body=body, headers={
-                    "Content-Type": "application/json", "Authorization": "Bearer bench"})
+                conn.request(
+                    "POST",
+                    "/webhooks/evolution",
+                    body=body,
+                    headers={"Content-Type": "application/json", "Authorization": "Bearer bench"},
+                )
                 answer = conn.getresponse()
                 answer.read()
                 if answer.status != 200:
@@ -210,7 +227,10 @@ def main() -> None:
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "pipeline", "rebuild", "messages"],
-            cwd=ROOT, text=True, capture_output=True, timeout=3600,
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=3600,
             env={**os.environ, "DATABASE_URL": url},
         )
         total = time.monotonic() - started
@@ -233,14 +253,23 @@ def main() -> None:
         ("rebuild total", f"{total:.1f} s", "< 90 s", total < 90),
         ("events/s", f"{rebuilt / total:,.0f}", ">= 11,111", rebuilt / total >= 1_000_000 / 90),
         ("read p99 idle", f"{idle_p99:.1f} ms", "", None),
-        ("read p99 during", f"{during_p99:.1f} ms", f"<= {2 * idle_p99:.1f} ms (2x idle)",
-         during_p99 <= 2 * idle_p99),
-        ("failed reads/webhooks", f"{bench.failures['idle']} idle / {bench.failures['rebuild']}"
-         " during", "0", bench.failures["idle"] + bench.failures["rebuild"] == 0),
+        (
+            "read p99 during",
+            f"{during_p99:.1f} ms",
+            f"<= {2 * idle_p99:.1f} ms (2x idle)",
+            during_p99 <= 2 * idle_p99,
+        ),
+        (
+            "failed reads/webhooks",
+            f"{bench.failures['idle']} idle / {bench.failures['rebuild']} during",
+            "0",
+            bench.failures["idle"] + bench.failures["rebuild"] == 0,
+        ),
     ]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                            capture_output=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True, capture_output=True
+    ).stdout.strip()
     lines = [
         SECTION,
         "",
@@ -257,8 +286,10 @@ def main() -> None:
         "",
         "| what | figure | target | |",
         "| --- | --- | --- | --- |",
-        *[f"| {a} | {b} | {c} | {'' if ok is None else 'PASS' if ok else 'MISS'} |"
-          for a, b, c, ok in rows],
+        *[
+            f"| {a} | {b} | {c} | {'' if ok is None else 'PASS' if ok else 'MISS'} |"
+            for a, b, c, ok in rows
+        ],
         "",
         f"Reads measured: {len(bench.latencies['idle']):,} idle (p50"
         f" {_pct(bench.latencies['idle'], 0.5):.1f} ms), {len(bench.latencies['rebuild']):,}"

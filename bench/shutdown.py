@@ -38,8 +38,11 @@ def _body(i: int) -> bytes:
             "event": "messages.upsert",
             "instance": "shutdown",
             "data": {
-                "key": {"id": f"S{uuid.uuid4().hex}", "remoteJid": "5511@s.whatsapp.net",
-                        "fromMe": False},
+                "key": {
+                    "id": f"S{uuid.uuid4().hex}",
+                    "remoteJid": "5511@s.whatsapp.net",
+                    "fromMe": False,
+                },
                 "message": {"conversation": f"m{i}"},
                 "messageTimestamp": 1764460800 + i,
             },
