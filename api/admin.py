@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
 
 import falcon
 
+from api.auth import bearer, digest
 from events.errors import ZaplineError
 from events.pool import Pool
 from pipeline import status
@@ -31,7 +31,7 @@ class AdminAuth:
     """Checks `Authorization: Bearer <ADMIN_TOKEN>` in constant time; no token, no admin."""
 
     def __init__(self, token: str | None) -> None:
-        self._digest = _digest(token) if token else None
+        self._digest = digest(token) if token else None
 
     def require(self, req: falcon.Request) -> None:
         """Let the request through only with the admin token.
@@ -39,10 +39,9 @@ class AdminAuth:
         Raises:
             BadAdminToken: no token, a wrong one, or ADMIN_TOKEN is not set.
         """
-        header = req.get_header("Authorization") or ""
-        scheme, _, offered = header.partition(" ")
-        ok = hmac.compare_digest(_digest(offered.strip()), self._digest or b"")
-        if scheme.lower() != "bearer" or not offered.strip() or self._digest is None or not ok:
+        offered = bearer(req)
+        ok = hmac.compare_digest(digest(offered or ""), self._digest or b"")
+        if offered is None or self._digest is None or not ok:
             raise BadAdminToken("missing or invalid admin token")
 
 
@@ -97,7 +96,3 @@ class RebuildResource:
 
 class UnknownProjection(ZaplineError):
     """No projection has that name."""
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

@@ -220,8 +220,12 @@ _PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "getLivePage",
             "summary": "The live page (its user types the API token in)",
-            "responses": {"200": {"description": "HTML",
-                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
+            "responses": {
+                "200": {
+                    "description": "HTML",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
         }
     },
     "/static/{file}": {
@@ -229,8 +233,10 @@ _PATHS: dict[str, dict[str, Any]] = {
             "operationId": "getStatic",
             "summary": "The browser client and the live page's assets (zapline.js)",
             "parameters": [_path_param("file", "File name, e.g. zapline.js")],
-            "responses": {"200": {"description": "The file"},
-                          "404": {"description": "No such file"}},
+            "responses": {
+                "200": {"description": "The file"},
+                "404": {"description": "No such file"},
+            },
         }
     },
     "/openapi.json": {

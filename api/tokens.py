@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 
 import falcon
 
+from api.auth import bearer, digest
 from events.errors import ZaplineError
 
 # In API_TOKENS, this instance name grants every instance.
@@ -27,7 +27,7 @@ class ApiAuth:
 
     def __init__(self, api_tokens: Mapping[str, frozenset[str]]) -> None:
         # Digests have one length, so comparing them leaks no token's length either.
-        self._tokens = [(_digest(token), names) for token, names in api_tokens.items()]
+        self._tokens = [(digest(token), names) for token, names in api_tokens.items()]
 
     def instances_for(self, req: falcon.Request) -> frozenset[str]:
         """The instances the request's token may see (`*` means all).
@@ -38,12 +38,12 @@ class ApiAuth:
         Raises:
             BadApiToken: no token, or one that API_TOKENS does not hold.
         """
-        offered = _bearer(req) or req.get_param("token") or ""
-        digest = _digest(offered)
+        offered = bearer(req) or req.get_param("token") or ""
+        offered_digest = digest(offered)
         found: frozenset[str] | None = None
         for candidate, names in self._tokens:
             # Compare against every token, so timing tells nothing about which one matched.
-            if hmac.compare_digest(digest, candidate) and offered:
+            if hmac.compare_digest(offered_digest, candidate) and offered:
                 found = names
         if found is None:
             raise BadApiToken("missing or invalid API token")
@@ -63,15 +63,3 @@ class ApiAuth:
 def may_see(instances: frozenset[str], instance: str) -> bool:
     """Whether a token granted `instances` may see `instance`."""
     return EVERY_INSTANCE in instances or instance in instances
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-def _bearer(req: falcon.Request) -> str | None:
-    header = req.get_header("Authorization") or ""
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return value.strip() or None
