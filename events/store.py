@@ -44,23 +44,25 @@ _INSERT_EVENTS = """
 
 # Only transactions older than every transaction still running are final: a transaction that
 # began earlier may still commit an event with a lower position (design.md invariant 4).
+# ORDER BY names the table's columns: a bare `txid` would sort by the selected text, where
+# "10" comes before "9" (events would be skipped), and no index could serve it.
 _READ_AFTER = """
-    SELECT txid::text, position, instance, type, payload, received_at
-    FROM events
-    WHERE (txid, position) > (%s::text::xid8, %s)
-      AND txid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY txid, position
+    SELECT e.txid::text, e.position, e.instance, e.type, e.payload, e.received_at
+    FROM events e
+    WHERE (e.txid, e.position) > (%s::text::xid8, %s)
+      AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY e.txid, e.position
     LIMIT %s
 """
 
 
 _READ_BETWEEN = """
-    SELECT txid::text, position, instance, type, payload, received_at
-    FROM events
-    WHERE (txid, position) > (%s::text::xid8, %s)
-      AND (txid, position) <= (%s::text::xid8, %s)
-      AND txid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY txid, position
+    SELECT e.txid::text, e.position, e.instance, e.type, e.payload, e.received_at
+    FROM events e
+    WHERE (e.txid, e.position) > (%s::text::xid8, %s)
+      AND (e.txid, e.position) <= (%s::text::xid8, %s)
+      AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY e.txid, e.position
     LIMIT %s
 """
 

@@ -151,6 +151,28 @@ def test_a_reader_never_skips_an_event_whose_transaction_commits_late(
     assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
 
 
+def test_reads_follow_transaction_ids_as_numbers_across_a_digit_boundary(
+    store: EventStore, fresh_database_url: str
+) -> None:
+    """Transaction 10 comes after transaction 9 (as text, "10" sorts first)."""
+    # given: events written by transactions 9 and 10, long finished
+    for position, txid in enumerate([9, 9, 9, 10, 10, 10], start=1):
+        sql(
+            fresh_database_url,
+            "INSERT INTO events (txid, instance, type, dedupe_key, payload)"
+            " VALUES (%s::text::xid8, 'digits', 'messages.upsert', %s, '{}')",
+            (str(txid), f"digits-{position}"),
+        )
+    # when: a reader walks the log two events at a time
+    cursor, seen = Cursor(), []
+    for _ in range(10):
+        read = store.read_after(cursor, limit=2)
+        seen += [(c.txid, event.position) for c, event in read]
+        cursor = read[-1][0] if read else cursor
+    # then: every event once, transaction 9's first
+    assert seen == [(9, 1), (9, 2), (9, 3), (10, 4), (10, 5), (10, 6)]
+
+
 def test_concurrent_migrations_apply_each_file_once() -> None:
     url = BASE_URL.rstrip("/") + "/zapline_test_migrate_race"
     drop_database(url)
