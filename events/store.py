@@ -9,11 +9,15 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 
+from events import jsontext
 from events.attachments import CHUNK_BYTES, Attachment
 from events.errors import StoreRejected
 from events.event import Event
 from events.pool import Pool
 from events.webhook import Webhook
+
+# Reads decode payloads (and every other jsonb value) with orjson where it is exact.
+jsontext.register()
 
 
 @dataclass(frozen=True)

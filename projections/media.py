@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from events.jsontext import dumps
 from projections import runner
 from projections.runner import FeedItem
 
@@ -146,7 +147,7 @@ def _publish(cur: Any, media: Media) -> list[FeedItem]:
         "size": media.size,
         "sha256": media.sha256,
     }
-    text = runner.dumps(message)
+    text = dumps(message)
     cur.execute(
         "UPDATE messages SET data = %s::jsonb, updated_at = now()"
         " WHERE instance = %s AND key_id = %s",
