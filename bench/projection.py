@@ -68,7 +68,7 @@ from common import (  # noqa: E402
 from events.pool import Pool  # noqa: E402
 from events.store import Cursor, EventStore, read_after  # noqa: E402
 from events.webhook import parse_webhook  # noqa: E402
-from projections import runner  # noqa: E402
+from projections import catchup, runner  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## Projection (bench/projection.py)"
@@ -269,7 +269,7 @@ def timed_catch_up(url: str) -> tuple[int, float]:
     conn = connect(url)
     try:
         started = time.perf_counter()
-        total = runner.catch_up(conn)
+        total = catchup.catch_up(conn)
         return total, time.perf_counter() - started
     finally:
         conn.close()

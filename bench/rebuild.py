@@ -40,7 +40,7 @@ import psycopg2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from projections.runner import catch_up  # noqa: E402
+from projections.catchup import catch_up  # noqa: E402
 from tests.conftest import drop_database, new_database, start_web, start_worker  # noqa: E402
 
 API = "bench-rebuild-token"

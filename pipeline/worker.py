@@ -21,7 +21,7 @@ from pipeline.config import Settings
 from pipeline.evolution import EvolutionMedia
 from pipeline.media import storage_from
 from pipeline.media_jobs import MediaJobs
-from projections import media, runner
+from projections import catchup, media, runner
 
 log = logging.getLogger("zapline.worker")
 
@@ -76,9 +76,12 @@ class Projector:
         while not self._stop.is_set():
             self._beat(force=True)
             try:
-                with self._pool.connection() as conn:
-                    runner.catch_up(
-                        conn, should_stop=self._stop.is_set, after_commit=self._after_commit
+                with self._pool.connection() as conn, self._pool.connection() as planner:
+                    catchup.catch_up(
+                        conn,
+                        planner,
+                        should_stop=self._stop.is_set,
+                        after_commit=self._after_commit,
                     )
                     self._prune(conn)
                     self._sweep(conn)

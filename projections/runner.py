@@ -9,9 +9,8 @@ and a crash or SIGKILL anywhere rolls the whole batch back.
 from __future__ import annotations
 
 import logging
-import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +54,8 @@ class Batch:
     feed: list[FeedItem] = field(default_factory=list)
     parked: list[int] = field(default_factory=list)
     new_media: list[int] = field(default_factory=list)
+    # The public messages written, by key (media id merged in).
+    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 class Busy(Exception):
@@ -111,6 +112,43 @@ def run_batch(conn: Any, *, limit: int = BATCH_SIZE, wait: bool = True) -> Batch
         return batch
 
 
+@dataclass
+class Plan:
+    """What a batch of events changes, worked out from the loaded states; nothing written yet.
+
+    `changed` and `changed_chats` are the keys to write; `loaded` and `chat_loaded` are the
+    states they had before the batch (for telling what the feed must carry).
+    """
+
+    states: dict[tuple[str, str], MessageState]
+    loaded: dict[tuple[str, str], MessageState]
+    changed: list[tuple[str, str]]
+    created: set[tuple[str, str]]
+    last_position: dict[tuple[str, str], int]
+    chat_states: dict[tuple[str, str], ChatState]
+    chat_loaded: dict[tuple[str, str], ChatState]
+    changed_chats: list[tuple[str, str]]
+    parked: list[tuple[Event, str]]
+
+    def overlay(self) -> Overlay:
+        """The states this plan leaves, for planning the next batch before this one commits."""
+        return Overlay(
+            {k: self.states[k] for k in self.changed},
+            {k: self.chat_states[k] for k in self.changed_chats},
+        )
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """States not committed yet that take precedence over the stored ones when loading."""
+
+    messages: dict[tuple[str, str], MessageState] = field(default_factory=dict)
+    chats: dict[tuple[str, str], ChatState] = field(default_factory=dict)
+
+
+NO_OVERLAY = Overlay()
+
+
 def apply_events(
     cur: Any, events: list[Event], *, park: bool = True, tables: Tables = LIVE
 ) -> Batch:
@@ -119,9 +157,21 @@ def apply_events(
     An event whose projection raises is parked with its error (or, with park=False, its
     error is re-raised) and the others go on. `tables` says where rows are read and written.
     """
-    batch = Batch()
+    return write_plan(cur, plan_events(cur, events, park=park, tables=tables), tables)
+
+
+def plan_events(
+    cur: Any,
+    events: list[Event],
+    *,
+    park: bool = True,
+    tables: Tables = LIVE,
+    overlay: Overlay = NO_OVERLAY,
+) -> Plan:
+    """Load the states `events` touch (`overlay` first) and apply the events to them."""
+    parked: list[tuple[Event, str]] = []
     targets = [[(e.instance, k) for k in messages.targets(e)] for e in events]
-    states = _load_messages(cur, {key for keys in targets for key in keys}, tables)
+    states = _load_messages(cur, {key for keys in targets for key in keys}, tables, overlay)
     loaded = dict(states)
     per_event: list[list[messages.MessageChange]] = []
     last_position: dict[tuple[str, str], int] = {}
@@ -132,14 +182,14 @@ def apply_events(
         except Exception as error:
             _restore(states, before)
             changes = []
-            _park_or_raise(cur, event, error, park, batch, tables)
+            parked.append((event, _reason(error, park)))
         per_event.append(changes)
         for key in keys:
             last_position[key] = event.position
 
     chat_keys = {(e.instance, jid) for e in events for jid in chats.targets(e)}
     chat_keys |= {(c.instance, c.message["chat_jid"]) for cs in per_event for c in cs}
-    chat_states = _load_chats(cur, chat_keys, tables)
+    chat_states = _load_chats(cur, chat_keys, tables, overlay)
     chat_loaded = dict(chat_states)
     for event, changes in zip(events, per_event, strict=True):
         try:
@@ -147,60 +197,63 @@ def apply_events(
             for change in changes:
                 chats.apply_message(chat_states, change)
         except Exception as error:
-            _park_or_raise(cur, event, error, park, batch, tables)
+            parked.append((event, _reason(error, park)))
 
+    return Plan(
+        states=states,
+        loaded=loaded,
+        changed=[k for k in states if states[k] is not loaded.get(k)],
+        created={
+            (c.instance, c.key_id) for cs in per_event for c in cs if c.kind == "message.created"
+        },
+        last_position=last_position,
+        chat_states=chat_states,
+        chat_loaded=chat_loaded,
+        changed_chats=[k for k in chat_states if chat_states[k] is not chat_loaded.get(k)],
+        parked=parked,
+    )
+
+
+def write_plan(
+    cur: Any,
+    plan: Plan,
+    tables: Tables = LIVE,
+    written_before: dict[tuple[str, str], dict[str, Any]] | None = None,
+) -> Batch:
+    """Write a plan's rows, parked events and feed changes inside the caller's transaction.
+
+    `written_before` holds the messages the previous batch wrote, when this plan was made
+    from its overlay before it committed: the stored form (media id merged) is what a change
+    is compared with.
+    """
+    batch = Batch()
+    for event, reason in plan.parked:
+        _park(cur, event, reason, batch, tables)
     # Within a batch only each key's final state reaches the feed: it carries the whole row.
-    created = {
-        (c.instance, c.key_id) for cs in per_event for c in cs if c.kind == "message.created"
-    }
-    changed = [k for k in states if states[k] is not loaded.get(k)]
-    final = _write_messages(cur, states, loaded, changed, last_position, batch, tables)
-    changed_chats = [k for k in chat_states if chat_states[k] is not chat_loaded.get(k)]
-    chat_json = _write_chats(cur, chat_states, changed_chats, tables)
-    items = [
-        ("message.created" if k in created else "message.updated", k, *final[k])
-        for k in changed
-        if k in final and (k not in loaded or loaded[k].message != final[k][0])
-    ]
+    final = _write_messages(cur, plan, batch, tables)
+    batch.written = {k: message for k, (message, _) in final.items()}
+    previous = written_before or {}
+    chat_json = _write_chats(cur, plan.chat_states, plan.changed_chats, tables)
+    items = []
+    for k in plan.changed:
+        if k not in final:
+            continue
+        old = previous[k] if k in previous else _message_of(plan.loaded.get(k))
+        if old != final[k][0]:
+            kind = "message.created" if k in plan.created else "message.updated"
+            items.append((kind, k, *final[k]))
     items += [
-        ("chat.updated", k, chat_states[k].chat, chat_json[k])
-        for k in changed_chats
-        if k not in chat_loaded or chat_loaded[k].chat != chat_states[k].chat
+        ("chat.updated", k, plan.chat_states[k].chat, chat_json[k])
+        for k in plan.changed_chats
+        if k not in plan.chat_loaded or plan.chat_loaded[k].chat != plan.chat_states[k].chat
     ]
     if tables.feed:
         batch.feed = append_feed(cur, items)
     return batch
 
 
-def catch_up(
-    conn: Any,
-    *,
-    wait: bool = True,
-    should_stop: Callable[[], bool] = lambda: False,
-    after_commit: Callable[[Batch], None] = lambda batch: None,
-    settle_seconds: float = 2.0,
-) -> int:
-    """Run batches until nothing is left; return how many events were projected.
-
-    When events exist that a still-running older transaction keeps back (invariant 4), keep
-    looking for up to `settle_seconds` instead of leaving them to the next poll.
-    """
-    total = 0
-    settle_until: float | None = None
-    while not should_stop():
-        batch = run_batch(conn, wait=wait)
-        if batch.events:
-            total += batch.events
-            settle_until = None
-            after_commit(batch)
-            continue
-        if not _has_events_after(conn, batch.cursor):
-            return total
-        settle_until = settle_until or time.monotonic() + settle_seconds
-        if time.monotonic() > settle_until:
-            return total
-        time.sleep(0.01)
-    return total
+def _message_of(state: MessageState | None) -> dict[str, Any] | None:
+    return state.message if state is not None else None
 
 
 def prune_feed(conn: Any) -> int:
@@ -228,25 +281,18 @@ def _lock(cur: Any, wait: bool) -> None:
         raise Busy(PROJECTION)
 
 
-def _has_events_after(conn: Any, cursor: Cursor) -> bool:
-    with conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE (txid, position) > (%s::text::xid8, %s))",
-            (str(cursor.txid), cursor.position),
-        )
-        return bool(cur.fetchone()[0])
-
-
 def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
     keys = list(keys)
     return [k[0] for k in keys], [k[1] for k in keys]
 
 
 def _load_messages(
-    cur: Any, keys: set[tuple[str, str]], tables: Tables
+    cur: Any, keys: set[tuple[str, str]], tables: Tables, overlay: Overlay
 ) -> dict[tuple[str, str], MessageState]:
+    pending = {k: overlay.messages[k] for k in keys if k in overlay.messages}
+    keys = keys - pending.keys()
     if not keys:
-        return {}
+        return pending
     instances, ids = _pairs(keys)
     cur.execute(
         f"SELECT m.instance, m.key_id, m.data, m.meta FROM {tables.messages} m"
@@ -263,14 +309,16 @@ def _load_messages(
     )
     for i, k, meta, held in cur.fetchall():
         states.setdefault((i, k), MessageState(None, meta, tuple(held)))
-    return states
+    return {**states, **pending}
 
 
 def _load_chats(
-    cur: Any, keys: set[tuple[str, str]], tables: Tables
+    cur: Any, keys: set[tuple[str, str]], tables: Tables, overlay: Overlay
 ) -> dict[tuple[str, str], ChatState]:
+    pending = {k: overlay.chats[k] for k in keys if k in overlay.chats}
+    keys = keys - pending.keys()
     if not keys:
-        return {}
+        return pending
     instances, jids = _pairs(keys)
     cur.execute(
         f"SELECT c.instance, c.chat_jid, c.data, c.meta FROM {tables.chats} c"
@@ -278,23 +326,18 @@ def _load_chats(
         " ON c.instance = k.instance AND c.chat_jid = k.chat_jid",
         (instances, jids),
     )
-    return {(i, j): ChatState(data, meta) for i, j, data, meta in cur.fetchall()}
+    return {**{(i, j): ChatState(data, meta) for i, j, data, meta in cur.fetchall()}, **pending}
 
 
 def _write_messages(
-    cur: Any,
-    states: dict[tuple[str, str], MessageState],
-    loaded: dict[tuple[str, str], MessageState],
-    changed: list[tuple[str, str]],
-    last_position: dict[tuple[str, str], int],
-    batch: Batch,
-    tables: Tables,
+    cur: Any, plan: Plan, batch: Batch, tables: Tables
 ) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
     """Write changed states; return each key's final public message (and its JSON)."""
+    states, loaded, last_position = plan.states, plan.loaded, plan.last_position
     final: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
     rows, holds, released = [], [], []
-    media_ids = _media_ids(cur, states, changed, batch)
-    for key in changed:
+    media_ids = _media_ids(cur, states, plan.changed, batch)
+    for key in plan.changed:
         state = states[key]
         if state.message is None:
             holds.append(
@@ -483,12 +526,14 @@ def _restore(states: dict[Any, Any], before: dict[Any, Any]) -> None:
             states[key] = state
 
 
-def _park_or_raise(
-    cur: Any, event: Event, error: Exception, park: bool, batch: Batch, tables: Tables
-) -> None:
+def _reason(error: Exception, park: bool) -> str:
+    """The parked reason for an event's error, or the error itself when not parking."""
     if not park:
         raise error
-    reason = f"{type(error).__name__}: {error}"[:2000]
+    return f"{type(error).__name__}: {error}"[:2000]
+
+
+def _park(cur: Any, event: Event, reason: str, batch: Batch, tables: Tables) -> None:
     log.warning("parked event", extra={"fields": {"position": event.position, "error": reason}})
     cur.execute(
         "INSERT INTO parked (projection, position, error) VALUES (%s, %s, %s)"

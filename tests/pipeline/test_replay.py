@@ -12,8 +12,8 @@ import pytest
 from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
+from projections.catchup import catch_up
 from projections.replay import Selection, count, replay
-from projections.runner import catch_up
 from tests.conftest import sql
 
 pytestmark = pytest.mark.services

@@ -15,7 +15,7 @@ import pytest
 from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
-from projections.runner import catch_up
+from projections.catchup import catch_up
 from tests.conftest import (
     ROOT,
     projected_up_to_head,

@@ -1,0 +1,174 @@
+"""Catching a projection up: batch after batch until no event is left.
+
+Given a second connection, the next batch is read and planned on it while the previous one
+is written and committed on the first, so Python's share of the work (decoding, projecting,
+encoding) and PostgreSQL's (storing rows and the feed) run at the same time. That stays
+exactly-once because:
+
+- the writing connection holds the projection's lock for the whole run (released at least
+  every HOLD_SECONDS), so no other runner, replay or media update writes projection rows
+  meanwhile: what the planner loads is current, except what the batch in flight changes;
+- that batch's changed states are handed on as an overlay and loaded from it instead;
+- each batch commits rows, feed and checkpoint in one transaction that first checks the
+  checkpoint is where the previous batch left it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from events.store import Cursor, read_after
+from projections import runner
+from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Plan
+
+# How long one run keeps the projection's lock before letting others (media updates, replay)
+# have a turn.
+HOLD_SECONDS = 1.0
+
+
+class Moved(Exception):
+    """The checkpoint is not where this run left it: someone else projected meanwhile."""
+
+
+def catch_up(
+    conn: Any,
+    planner: Any = None,
+    *,
+    wait: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+    after_commit: Callable[[Batch], None] = lambda batch: None,
+    settle_seconds: float = 2.0,
+) -> int:
+    """Run batches until nothing is left; return how many events were projected.
+
+    With `planner`, a second connection, batches are planned on it while the previous one
+    commits on `conn`. When events exist that a still-running older transaction keeps back
+    (invariant 4), keep looking for up to `settle_seconds` instead of leaving them to the
+    next poll.
+    """
+    total = 0
+    settle_until: float | None = None
+    while not should_stop():
+        if planner is None:
+            batch = runner.run_batch(conn, wait=wait)
+            if batch.events:
+                after_commit(batch)
+            done, cursor = batch.events, batch.cursor
+        else:
+            done, cursor = _overlapped(conn, planner, wait, should_stop, after_commit)
+        if done:
+            total += done
+            settle_until = None
+            continue
+        if not _has_events_after(conn, cursor):
+            return total
+        settle_until = settle_until or time.monotonic() + settle_seconds
+        if time.monotonic() > settle_until:
+            return total
+        time.sleep(0.01)
+    return total
+
+
+def _overlapped(
+    writer: Any,
+    planner: Any,
+    wait: bool,
+    should_stop: Callable[[], bool],
+    after_commit: Callable[[Batch], None],
+) -> tuple[int, Cursor]:
+    """One run under the lock; return (events projected, checkpoint after them)."""
+    _lock(writer, wait)
+    try:
+        cursor = _checkpoint(writer)
+        total = 0
+        overlay = NO_OVERLAY
+        written: dict[tuple[str, str], dict[str, Any]] = {}
+        pending: Future[Batch] | None = None
+        until = time.monotonic() + HOLD_SECONDS
+        with ThreadPoolExecutor(1, thread_name_prefix="zapline-writer") as pool:
+            try:
+                while not should_stop() and time.monotonic() < until:
+                    with planner, planner.cursor() as cur:
+                        read = read_after(cur, cursor, runner.BATCH_SIZE)
+                        if not read:
+                            break
+                        plan = runner.plan_events(cur, [e for _, e in read], overlay=overlay)
+                    if pending is not None:
+                        batch, pending = pending.result(), None
+                        total += batch.events
+                        written = batch.written
+                        after_commit(batch)
+                    end = read[-1][0]
+                    pending = pool.submit(_commit, writer, plan, cursor, end, len(read), written)
+                    overlay, cursor = plan.overlay(), end
+            finally:
+                if pending is not None:
+                    batch = pending.result()
+                    total += batch.events
+                    after_commit(batch)
+        return total, cursor
+    finally:
+        _unlock(writer)
+
+
+def _commit(
+    conn: Any,
+    plan: Plan,
+    start: Cursor,
+    end: Cursor,
+    events: int,
+    written_before: dict[tuple[str, str], dict[str, Any]],
+) -> Batch:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT txid, position FROM checkpoints WHERE projection = %s FOR UPDATE",
+            (PROJECTION,),
+        )
+        found = Cursor(*cur.fetchone())
+        if found != start:
+            raise Moved(f"checkpoint at {found}, expected {start}")
+        batch = runner.write_plan(cur, plan, written_before=written_before)
+        cur.execute(
+            "UPDATE checkpoints SET txid = %s, position = %s, updated_at = now()"
+            " WHERE projection = %s",
+            (end.txid, end.position, PROJECTION),
+        )
+    batch.events, batch.cursor = events, end
+    return batch
+
+
+def _lock(conn: Any, wait: bool) -> None:
+    """Take the projection's lock for this session (not just one transaction)."""
+    with conn, conn.cursor() as cur:
+        if wait:
+            cur.execute("SET LOCAL lock_timeout = '10s'")
+            cur.execute("SELECT pg_advisory_lock(%s)", (runner.lock_id(PROJECTION),))
+            return
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (runner.lock_id(PROJECTION),))
+        if not cur.fetchone()[0]:
+            raise Busy(PROJECTION)
+
+
+def _unlock(conn: Any) -> None:
+    # A broken connection has lost its session, and the lock with it.
+    with contextlib.suppress(Exception), conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock(%s)", (runner.lock_id(PROJECTION),))
+
+
+def _checkpoint(conn: Any) -> Cursor:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT txid, position FROM checkpoints WHERE projection = %s", (PROJECTION,))
+        return Cursor(*cur.fetchone())
+
+
+def _has_events_after(conn: Any, cursor: Cursor) -> bool:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE (txid, position) > (%s::text::xid8, %s))",
+            (str(cursor.txid), cursor.position),
+        )
+        return bool(cur.fetchone()[0])

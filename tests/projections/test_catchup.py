@@ -1,0 +1,149 @@
+"""Overlapped catch-up: planning the next batch while the previous one commits changes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+from events.pool import Pool
+from events.store import EventStore
+from events.webhook import parse_webhook
+from projections import catchup, runner
+from tests.conftest import drop_database, fixture_bodies, new_database, sql
+
+pytestmark = pytest.mark.services
+
+INSTANCE = "overlap"
+# Each batch's commit waits this long after its rows are written, so the next batch is always
+# planned while they are still uncommitted.
+SLOW_COMMIT = """
+    CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$;
+    CREATE TRIGGER slow_commit BEFORE UPDATE ON checkpoints
+        FOR EACH ROW EXECUTE FUNCTION slow_commit();
+"""
+
+
+def _body(event: str, data: dict[str, Any]) -> bytes:
+    return json.dumps({"event": event, "instance": INSTANCE, "data": data}).encode()
+
+
+def _upsert(key_id: str, chat: int, ts: int, message: dict[str, Any] | None = None) -> bytes:
+    key = {"id": key_id, "remoteJid": f"5511{chat:08d}@s.whatsapp.net", "fromMe": ts % 7 == 0}
+    content = message or {"conversation": f"hello {key_id}"}
+    return _body(
+        "messages.upsert",
+        {"key": key, "pushName": f"P{chat}", "message": content, "messageTimestamp": ts},
+    )
+
+
+def _status(key_id: str, status: str) -> bytes:
+    return _body("messages.update", {"keyId": key_id, "status": status})
+
+
+def _reaction(key_id: str, chat: int, ts: int, emoji: str) -> bytes:
+    jid = f"5511{chat:08d}@s.whatsapp.net"
+    return _upsert(
+        f"R{key_id}{ts}",
+        chat,
+        ts,
+        {"reactionMessage": {"key": {"id": key_id, "remoteJid": jid}, "text": emoji}},
+    )
+
+
+def _history() -> list[bytes]:
+    """Every fixture, then messages whose statuses, reactions and images span batch borders."""
+    bodies = list(fixture_bodies().values())
+    image = {"imageMessage": {"mimetype": "image/jpeg", "fileLength": "10", "caption": "pic"}}
+    for i in range(40):
+        ts = 1764460800 + i
+        bodies.append(_status(f"M{i + 2}", "READ"))  # before its message: held
+        bodies.append(_upsert(f"M{i}", i % 4, ts, image if i % 5 == 0 else None))
+        bodies.append(_status(f"M{i - 1}", "DELIVERY_ACK"))
+        bodies.append(_reaction(f"M{i - 2}", (i - 2) % 4, ts, "👍" if i % 3 else ""))
+    return bodies
+
+
+def _load(url: str, bodies: list[bytes]) -> None:
+    pool = Pool(url, size=1)
+    EventStore(pool).append([parse_webhook(b) for b in bodies])
+    pool.close()
+
+
+def _everything(url: str) -> list[list[tuple[Any, ...]]]:
+    return [
+        sql(url, "SELECT instance, key_id, data, meta, position FROM messages ORDER BY 1, 2"),
+        sql(url, "SELECT instance, key_id, meta, held FROM message_holds ORDER BY 1, 2"),
+        sql(url, "SELECT instance, chat_jid, data, meta FROM chats ORDER BY 1, 2"),
+        sql(url, "SELECT instance, key_id, status, mimetype FROM media ORDER BY 1, 2"),
+        sql(url, "SELECT instance, cursor, kind, key, data FROM feed ORDER BY 1, 2"),
+        sql(url, "SELECT position, error FROM parked ORDER BY 1"),
+        sql(url, "SELECT position FROM checkpoints"),
+    ]
+
+
+@pytest.fixture
+def two_databases() -> Iterator[tuple[str, str]]:
+    first, second = new_database(), new_database()
+    try:
+        for url in (first, second):
+            _load(url, _history())
+        yield first, second
+    finally:
+        drop_database(first)
+        drop_database(second)
+
+
+def test_overlapped_batches_project_exactly_what_one_batch_after_another_does(
+    two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overlapped, serial = two_databases
+    monkeypatch.setattr(runner, "BATCH_SIZE", 3)
+    sql(overlapped, SLOW_COMMIT)
+    # given: the same events in two databases, projected three at a time
+    writer, planner = psycopg2.connect(overlapped), psycopg2.connect(overlapped)
+    committed: list[int] = []
+    # when: one is planned ahead of each uncommitted batch, the other batch after batch
+    projected = catchup.catch_up(
+        writer, planner, after_commit=lambda batch: committed.append(batch.events)
+    )
+    conn = psycopg2.connect(serial)
+    while runner.run_batch(conn, limit=3).events:
+        pass
+    for c in (writer, planner, conn):
+        c.close()
+    # then: every table, the feed and the checkpoint are identical
+    total = len(_history())
+    assert projected == sum(committed) == total
+    assert len(committed) >= total // 3 // 2, "several hold periods, each many batches"
+    assert _everything(overlapped) == _everything(serial)
+    held = {
+        k
+        for (k,) in sql(
+            overlapped, "SELECT key_id FROM message_holds WHERE instance = %s", (INSTANCE,)
+        )
+    }
+    assert held == {"M-2", "M-1", "M40", "M41"}, "only updates whose message never came are held"
+    assert sql(overlapped, "SELECT count(*) FROM media")[0][0] > 5
+
+
+def test_a_second_runner_waits_while_an_overlapped_run_holds_the_projection(
+    two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = two_databases
+    monkeypatch.setattr(runner, "BATCH_SIZE", 3)
+    writer, planner, other = (psycopg2.connect(url) for _ in range(3))
+    catchup._lock(writer, wait=True)
+    try:
+        # while one run holds the lock, another runner cannot take a batch
+        with pytest.raises(runner.Busy):
+            runner.run_batch(other, wait=False)
+    finally:
+        catchup._unlock(writer)
+    assert runner.run_batch(other, limit=3, wait=False).events == 3
+    for c in (writer, planner, other):
+        c.close()
