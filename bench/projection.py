@@ -8,7 +8,9 @@ Run from the repository root:
    timed; unique key ids over ~1,000 chats in a few instances, increasing timestamps), then
    - the ceiling: reads and decodes those events with the runner's gap-safe query
      (`read_after`, batches of 1000, a Cursor advancing), applying and writing nothing;
-   - `runner.catch_up(conn)` from checkpoint 0 on one connection in this process;
+   - `catchup.catch_up(conn, planner)` from checkpoint 0 in this process, as the worker runs
+     it: the next batch is planned on a second connection while the previous one commits;
+   - the same on one connection, batch after batch (projection emptied first);
    - a second, instrumented catch-up (projection tables emptied, checkpoint back to 0): a
      copy of `run_batch` that times lock + checkpoint, `read_after`, `apply_events` (split
      into its SQL statements, their parameter quoting, result fetching and the Python
@@ -247,32 +249,37 @@ def load_events(url: str, spec: Spec, count: int) -> float:
 # ---------------------------------------------------------------------------- catch-up
 
 
-def read_ceiling(url: str, expected: int) -> tuple[int, float]:
+def read_ceiling(url: str, expected: int, usage: Usage) -> tuple[int, float]:
     """Read + decode every event with the gap-safe query, batches of 1000; (events, seconds)."""
     conn = connect(url)
     try:
-        cursor, total = Cursor(), 0
-        started = time.perf_counter()
-        for _ in range(expected // 1000 + 10):
-            with conn, conn.cursor() as cur:
-                read = read_after(cur, cursor, 1000)
-            if not read:
-                break
-            total += len(read)
-            cursor = read[-1][0]
-        return total, time.perf_counter() - started
+        with measure_usage(usage):
+            cursor, total = Cursor(), 0
+            started = time.perf_counter()
+            for _ in range(expected // 1000 + 10):
+                with conn, conn.cursor() as cur:
+                    read = read_after(cur, cursor, 1000)
+                if not read:
+                    break
+                total += len(read)
+                cursor = read[-1][0]
+            return total, time.perf_counter() - started
     finally:
         conn.close()
 
 
-def timed_catch_up(url: str) -> tuple[int, float]:
-    conn = connect(url)
+def timed_catch_up(url: str, usage: Usage, *, overlapped: bool) -> tuple[int, float]:
+    """(events, seconds); connections close after the CPU is counted (an exited backend's
+    ticks are lost)."""
+    conn, planner = connect(url), connect(url)
     try:
-        started = time.perf_counter()
-        total = catchup.catch_up(conn)
-        return total, time.perf_counter() - started
+        with measure_usage(usage):
+            started = time.perf_counter()
+            total = catchup.catch_up(conn, planner if overlapped else None)
+            return total, time.perf_counter() - started
     finally:
         conn.close()
+        planner.close()
 
 
 @dataclass
@@ -421,6 +428,8 @@ class CatchUpRun:
     ceiling_first_s: float = 0.0
     catch_up_events: int = 0
     catch_up_s: float = 0.0
+    serial_events: int = 0
+    serial_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
     instrumented_events: int = 0
     instrumented_s: float = 0.0
@@ -430,10 +439,15 @@ class CatchUpRun:
     busy_before: float = 0.0
     ceiling_usage: Usage = field(default_factory=Usage)
     catch_up_usage: Usage = field(default_factory=Usage)
+    serial_usage: Usage = field(default_factory=Usage)
 
     @property
     def rate(self) -> float:
         return self.catch_up_events / self.catch_up_s if self.catch_up_s else 0.0
+
+    @property
+    def serial_rate(self) -> float:
+        return self.serial_events / self.serial_s if self.serial_s else 0.0
 
     @property
     def ceiling_rate(self) -> float:
@@ -475,9 +489,8 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
 
     result.busy_before = wait_quiet(quiet_s)
     print(f"  machine busy before the timed phases: {result.busy_before:.0%}")
-    n, result.ceiling_first_s = read_ceiling(url, events)
-    with measure_usage(result.ceiling_usage):
-        n2, result.ceiling_s = read_ceiling(url, events)
+    n, result.ceiling_first_s = read_ceiling(url, events, Usage())
+    n2, result.ceiling_s = read_ceiling(url, events, result.ceiling_usage)
     result.ceiling_events = n2
     print(
         f"  ceiling (read_after + decode, batches of 1000): {result.ceiling_rate:,.0f} events/s"
@@ -486,8 +499,9 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
     )
 
     checkpoint(url)
-    with measure_usage(result.catch_up_usage):
-        result.catch_up_events, result.catch_up_s = timed_catch_up(url)
+    result.catch_up_events, result.catch_up_s = timed_catch_up(
+        url, result.catch_up_usage, overlapped=True
+    )
     result.counts = projection_counts(url)
     print(
         f"  catch_up: {result.rate:,.0f} events/s ({result.catch_up_events:,} events in"
@@ -512,6 +526,18 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
             " WHERE relname IN ('events', 'messages', 'chats', 'feed') ORDER BY relname",
         )
     ]
+
+    reset_projection(url)
+    query(url, "VACUUM ANALYZE messages, chats, feed, feed_heads, checkpoints", autocommit=True)
+    checkpoint(url)
+    result.serial_events, result.serial_s = timed_catch_up(
+        url, result.serial_usage, overlapped=False
+    )
+    print(
+        f"  catch_up on one connection: {result.serial_rate:,.0f} events/s"
+        f" ({result.serial_events:,} events in {result.serial_s:.2f} s);"
+        f" CPU: {result.serial_usage.describe(result.serial_s, result.serial_events)}"
+    )
 
     reset_projection(url)
     query(url, "VACUUM ANALYZE messages, chats, feed, feed_heads, checkpoints", autocommit=True)
@@ -934,14 +960,18 @@ def render(
             "| --- | --- | --- | --- |",
             f"| ceiling: `read_after` + decode, batches of 1000, nothing applied (2nd of 2 passes)"
             f" | {c.ceiling_events:,} | {c.ceiling_s:.2f} | {c.ceiling_rate:,.0f} |",
-            f"| `runner.catch_up(conn)` from checkpoint 0, one connection | {c.catch_up_events:,}"
+            f"| `catchup.catch_up(conn, planner)` from checkpoint 0, next batch planned while"
+            f" the last commits (as the worker runs it) | {c.catch_up_events:,}"
             f" | {c.catch_up_s:.2f} | {c.rate:,.0f} |",
+            f"| the same on one connection, batch after batch (projection emptied first)"
+            f" | {c.serial_events:,} | {c.serial_s:.2f} | {c.serial_rate:,.0f} |",
             f"| instrumented copy of the loop (projection emptied first) |"
             f" {c.instrumented_events:,} | {c.instrumented_s:.2f} | {c.instrumented_rate:,.0f} |",
             "",
             f"Machine busy just before: {c.busy_before:.0%}. CPU during the ceiling:"
             f" {c.ceiling_usage.describe(c.ceiling_s, c.ceiling_events)}; during catch_up:"
-            f" {c.catch_up_usage.describe(c.catch_up_s, c.catch_up_events)} (a machine busier than"
+            f" {c.catch_up_usage.describe(c.catch_up_s, c.catch_up_events)}; on one connection:"
+            f" {c.serial_usage.describe(c.serial_s, c.serial_events)} (a machine busier than"
             " this process + PostgreSQL means other work shared the cores).",
             "",
             f"Catch-up / ceiling = **{c.rate / c.ceiling_rate:.2f}**. After catch-up: "
@@ -951,7 +981,8 @@ def render(
             + ".",
             "",
             "Where the time goes (instrumented run; SQL = execute: server time and transfer;"
-            " fetch = rows to Python incl. jsonb decode; per batch of 1000):",
+            " fetch = rows to Python incl. jsonb decode; per batch of"
+            f" {runner.BATCH_SIZE:,}):",
             "",
             "| share | seconds | ms/batch | part |",
             "| --- | --- | --- | --- |",

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,11 +158,13 @@ def _count_incoming(
     last_out = meta.get("last_out_at")
     if ts is not None and last_out is not None and ts <= last_out:
         return  # older than our latest reply: already seen when we answered
-    window: list[list[str]] = meta.get("unread", [])
-    if any(entry[1] == key_id for entry in window):
-        return
     # Unknown time sorts oldest, so the next reply clears it.
-    window = sorted([*window, [ts or "", key_id]])[-_UNREAD_WINDOW:]
+    entry = [ts or "", key_id]
+    window: list[list[str]] = meta.get("unread", [])
+    at = bisect.bisect_left(window, entry)
+    if at < len(window) and window[at] == entry:
+        return  # counted already (a message's time never changes)
+    window = [*window[:at], entry, *window[at:]][-_UNREAD_WINDOW:]
     meta["unread"] = window
     chat["unread_count"] = chat["unread_count"] + 1
 
