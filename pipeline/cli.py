@@ -163,7 +163,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.progress import Progress
     from projections import rebuild
 
-    with rebuilds.connections(settings) as (conn, planner):
+    with rebuilds.connection(settings) as conn:
         if args.discard:
             rebuild.discard(conn, args.name)
             print(f"rebuild of {args.name}: shadow discarded")
@@ -175,7 +175,6 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
             dry_run=args.dry_run,
             batch=max(args.batch, 1),
             progress=progress.update,
-            planner=planner,
             on_summary=lambda summary: print(
                 f"differences (shadow vs live): {summary.render()}", flush=True
             ),

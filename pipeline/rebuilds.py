@@ -26,12 +26,12 @@ WORKER_RUN_SECONDS = 20 * 60
 
 
 @contextlib.contextmanager
-def connections(settings: Settings) -> Iterator[tuple[Any, Any]]:
-    """A rebuild's two database connections (writer, planner), driver errors translated."""
-    pool = Pool(settings.database_url, size=2)
+def connection(settings: Settings) -> Iterator[Any]:
+    """One database connection for a rebuild, driver errors translated."""
+    pool = Pool(settings.database_url, size=1)
     try:
-        with pool.connection() as conn, pool.connection() as planner:
-            yield conn, planner
+        with pool.connection() as conn:
+            yield conn
     finally:
         pool.close()
 
@@ -73,7 +73,7 @@ def run_in_worker(settings: Settings, name: str, stopping: Callable[[], bool]) -
         log.info("rebuild differences", extra={"fields": {"projection": name, **found.tables}})
 
     try:
-        with connections(settings) as (conn, planner):
+        with connection(settings) as conn:
             if not _wanted(conn, name):
                 log.info("no rebuild requested; message ignored", extra={"fields": {"name": name}})
                 return "ignored"
@@ -83,7 +83,6 @@ def run_in_worker(settings: Settings, name: str, stopping: Callable[[], bool]) -
                 progress=progress,
                 on_summary=summary,
                 should_stop=lambda: stopping() or time.monotonic() > deadline,
-                planner=planner,
             )
     except rebuild.AlreadyRunning:
         log.info("rebuild already running elsewhere", extra={"fields": {"projection": name}})

@@ -23,7 +23,7 @@ from typing import Any
 
 from events.store import Cursor, read_after
 from projections import runner
-from projections.runner import LIVE, NO_OVERLAY, PROJECTION, Batch, Busy, Plan, Tables
+from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Plan
 
 # How long one run keeps the projection's lock before letting others (media updates, replay)
 # have a turn.
@@ -86,69 +86,36 @@ def _overlapped(
     """One run under the lock; return (events projected, checkpoint after them)."""
     _lock(writer, wait)
     try:
+        cursor = _checkpoint(writer)
+        total = 0
+        overlay = NO_OVERLAY
+        written: dict[tuple[str, str], dict[str, Any]] = {}
+        pending: Future[Batch] | None = None
         until = time.monotonic() + HOLD_SECONDS
-        return run_overlapped(
-            writer,
-            planner,
-            _checkpoint(writer),
-            commit=_commit,
-            should_stop=lambda: should_stop() or time.monotonic() > until,
-            after_commit=after_commit,
-        )
+        with ThreadPoolExecutor(1, thread_name_prefix="zapline-writer") as pool:
+            try:
+                while not should_stop() and time.monotonic() < until:
+                    with planner, planner.cursor() as cur:
+                        read = read_after(cur, cursor, runner.BATCH_SIZE)
+                        if not read:
+                            break
+                        plan = runner.plan_events(cur, [e for _, e in read], overlay=overlay)
+                    if pending is not None:
+                        batch, pending = pending.result(), None
+                        total += batch.events
+                        written = batch.written
+                        after_commit(batch)
+                    end = read[-1][0]
+                    pending = pool.submit(_commit, writer, plan, cursor, end, len(read), written)
+                    overlay, cursor = plan.overlay(), end
+            finally:
+                if pending is not None:
+                    batch = pending.result()
+                    total += batch.events
+                    after_commit(batch)
+        return total, cursor
     finally:
         _unlock(writer)
-
-
-Commit = Callable[[Any, Plan, Cursor, Cursor, int, dict[tuple[str, str], dict[str, Any]]], Batch]
-
-
-def run_overlapped(
-    writer: Any,
-    planner: Any,
-    start: Cursor,
-    *,
-    commit: Commit,
-    should_stop: Callable[[], bool],
-    after_commit: Callable[[Batch], None] = lambda batch: None,
-    tables: Tables = LIVE,
-    upto: Cursor | None = None,
-    batch_size: int | None = None,
-) -> tuple[int, Cursor]:
-    """Plan each batch after `start` on `planner` while `commit` writes the previous one on
-    `writer`; return (events committed, cursor after them).
-
-    The caller makes sure nobody else writes `tables` meanwhile. `commit(conn, plan, start,
-    end, events, written_before)` writes one batch and its checkpoint in one transaction.
-    """
-    limit = batch_size or runner.BATCH_SIZE
-    cursor, total = start, 0
-    overlay = NO_OVERLAY
-    written: dict[tuple[str, str], dict[str, Any]] = {}
-    pending: Future[Batch] | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="zapline-writer") as pool:
-        try:
-            while not should_stop():
-                with planner, planner.cursor() as cur:
-                    read = read_after(cur, cursor, limit, upto=upto)
-                    if not read:
-                        break
-                    plan = runner.plan_events(
-                        cur, [e for _, e in read], tables=tables, overlay=overlay
-                    )
-                if pending is not None:
-                    batch, pending = pending.result(), None
-                    total += batch.events
-                    written = batch.written
-                    after_commit(batch)
-                end = read[-1][0]
-                pending = pool.submit(commit, writer, plan, cursor, end, len(read), written)
-                overlay, cursor = plan.overlay(), end
-        finally:
-            if pending is not None:
-                batch = pending.result()
-                total += batch.events
-                after_commit(batch)
-    return total, cursor
 
 
 def _commit(

@@ -36,18 +36,7 @@ import psycopg2.extras
 
 from events.errors import ZaplineError
 from events.store import Cursor, read_after
-from projections.catchup import run_overlapped
-from projections.runner import (
-    PROJECTION,
-    Batch,
-    FeedItem,
-    Plan,
-    Tables,
-    append_feed,
-    apply_events,
-    lock_id,
-    write_plan,
-)
+from projections.runner import PROJECTION, FeedItem, Tables, append_feed, apply_events, lock_id
 
 log = logging.getLogger("zapline.rebuild")
 
@@ -110,12 +99,8 @@ def run(
     on_summary: Callable[[Summary], None] = lambda summary: None,
     should_stop: Callable[[], bool] = lambda: False,
     batch: int = BATCH,
-    planner: Any = None,
 ) -> Outcome:
     """Rebuild `name` without read downtime; resume a shadow left by an interrupted run.
-
-    With `planner`, a second connection, each shadow batch is planned on it while the
-    previous one commits (projections/catchup.py).
 
     Raises:
         AlreadyRunning: another process holds this projection's rebuild lock.
@@ -128,7 +113,7 @@ def run(
     try:
         done, total = _prepare(conn, name, dry_run)
         progress(done, total)
-        done = _build(conn, planner, name, done, total, progress, should_stop, batch)
+        done = _build(conn, name, done, total, progress, should_stop, batch)
         if should_stop():
             return Outcome("paused", done)
         for attempt in range(1, SWAP_ATTEMPTS + 1):
@@ -139,7 +124,7 @@ def run(
                 log.warning("swap could not take its locks", extra={"fields": {"try": attempt}})
                 if attempt == SWAP_ATTEMPTS:
                     raise RebuildError(f"swap: {str(error).strip()}") from error
-                done = _build(conn, planner, name, done, total, progress, should_stop, batch)
+                done = _build(conn, name, done, total, progress, should_stop, batch)
         raise AssertionError("not reached")
     except Exception as error:
         conn.rollback()
@@ -219,7 +204,6 @@ def _prepare(conn: Any, name: str, dry_run: bool) -> tuple[int, int]:
 
 def _build(
     conn: Any,
-    planner: Any,
     name: str,
     done: int,
     total: int,
@@ -228,8 +212,6 @@ def _build(
     batch: int,
 ) -> int:
     """Apply batches to the shadow until it is within one batch of the live checkpoint."""
-    if planner is not None:
-        return _build_overlapped(conn, planner, name, done, total, progress, should_stop, batch)
     while not should_stop():
         with conn, conn.cursor() as cur:
             # The shadow is rebuildable: a crash may lose its last batches, never their order.
@@ -237,70 +219,6 @@ def _build(
             applied = _apply_shadow_batch(cur, name, _live_checkpoint(cur), batch)
         done += applied
         progress(done, max(total, done))
-        if applied < batch:
-            break
-    return done
-
-
-def _build_overlapped(
-    conn: Any,
-    planner: Any,
-    name: str,
-    done: int,
-    total: int,
-    progress: Progress,
-    should_stop: Callable[[], bool],
-    batch: int,
-) -> int:
-    """_build with each batch planned while the previous one commits; the rebuild lock keeps
-    every other writer away from the shadow tables."""
-
-    def commit(
-        conn: Any,
-        plan: Plan,
-        start: Cursor,
-        end: Cursor,
-        events: int,
-        written_before: dict[tuple[str, str], dict[str, Any]],
-    ) -> Batch:
-        with conn, conn.cursor() as cur:
-            cur.execute("SET LOCAL synchronous_commit = off")
-            cur.execute(
-                "SELECT txid, position FROM rebuilds WHERE projection = %s FOR UPDATE", (name,)
-            )
-            found = Cursor(*cur.fetchone())
-            if found != start:
-                raise RebuildError(f"shadow checkpoint at {found}, expected {start}")
-            written = write_plan(cur, plan, SHADOW, written_before)
-            cur.execute(
-                "UPDATE rebuilds SET txid = %s, position = %s, events_done = events_done + %s,"
-                " updated_at = now() WHERE projection = %s",
-                (end.txid, end.position, events, name),
-            )
-        written.events, written.cursor = events, end
-        return written
-
-    def committed(written: Batch) -> None:
-        nonlocal done
-        done += written.events
-        progress(done, max(total, done))
-
-    while not should_stop():
-        with conn, conn.cursor() as cur:
-            live = _live_checkpoint(cur)
-            cur.execute("SELECT txid, position FROM rebuilds WHERE projection = %s", (name,))
-            start = Cursor(*cur.fetchone())
-        applied, _ = run_overlapped(
-            conn,
-            planner,
-            start,
-            commit=commit,
-            should_stop=should_stop,
-            after_commit=committed,
-            tables=SHADOW,
-            upto=live,
-            batch_size=batch,
-        )
         if applied < batch:
             break
     return done
