@@ -7,7 +7,8 @@ Run from the repository root:
 1. Loads `--events` webhooks straight into `events` with COPY (100,000 rows per transaction;
    posting a million through HTTP would take longer than the rebuild being measured): 80%
    `messages.upsert` over 2,000 chats in 4 instances, 20% `messages.update` statuses.
-2. Projects them live (runner.catch_up, in this process; timed, not a target).
+2. Projects them live (catchup.catch_up on two connections, as the worker does; timed, not
+   a target).
 3. Starts `python -m pipeline web` (WEB_CONCURRENCY=2) and `python -m pipeline worker`, then
    for `--idle-seconds` posts webhooks at `--rate`/s on a fixed schedule while two reader
    threads page a chat's messages and an instance's chats: read latency before the rebuild.
@@ -211,11 +212,12 @@ def main() -> None:
     try:
         loaded = load(url, args.events)
         print(f"loaded {args.events} events with COPY in {loaded:.1f} s", flush=True)
-        conn = psycopg2.connect(url)
+        conn, planner = psycopg2.connect(url), psycopg2.connect(url)
         started = time.monotonic()
-        catch_up(conn)
+        catch_up(conn, planner)
         live_seconds = time.monotonic() - started
         conn.close()
+        planner.close()
         print(f"live projection caught up in {live_seconds:.1f} s", flush=True)
 
         worker = start_worker(url)
