@@ -304,6 +304,8 @@ class Phases:
 def _statement_name(sql: Any) -> str:
     text = sql.decode("utf-8", "replace") if isinstance(sql, bytes) else str(sql)
     words = " ".join(text.split()[:6]).lower()
+    if text.count("INSERT INTO") > 1:
+        return "sql write messages + holds + chats (one round trip)"
     for needle, name in (
         ("from messages m", "sql load messages"),
         ("from message_holds", "sql load holds"),
@@ -362,11 +364,7 @@ def instrumented_catch_up(url: str, expected: int) -> tuple[int, float, Phases, 
         for _ in range(expected // runner.BATCH_SIZE + 10):
             t0 = time.perf_counter()
             with conn.cursor() as cur:
-                runner._lock(cur, True)
-                cur.execute(
-                    "SELECT txid, position FROM checkpoints WHERE projection = %s FOR UPDATE",
-                    (runner.PROJECTION,),
-                )
+                runner._lock(cur, True)  # also selects the checkpoint row
                 txid, position = cur.fetchone()
                 t1 = time.perf_counter()
                 read = read_after(cur, Cursor(txid, position), runner.BATCH_SIZE)

@@ -73,8 +73,8 @@ class Projector:
         self._pool.close()
 
     def _run(self) -> None:
+        self._beat(force=True)
         while not self._stop.is_set():
-            self._beat(force=True)
             try:
                 with self._pool.connection() as conn, self._pool.connection() as planner:
                     catchup.catch_up(
@@ -88,6 +88,8 @@ class Projector:
             except Exception:
                 log.exception("catch-up failed; retrying")
                 self._stop.wait(1.0)
+            # After the catch-up, not before: a wake-up should reach the database first.
+            self._beat(force=True)
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
 

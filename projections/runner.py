@@ -93,10 +93,6 @@ def run_batch(conn: Any, *, limit: int = BATCH_SIZE, wait: bool = True) -> Batch
     """
     with conn, conn.cursor() as cur:
         _lock(cur, wait)
-        cur.execute(
-            "SELECT txid, position FROM checkpoints WHERE projection = %s FOR UPDATE",
-            (PROJECTION,),
-        )
         txid, position = cur.fetchone()
         read = read_after(cur, Cursor(txid, position), limit)
         if not read:
@@ -230,10 +226,12 @@ def write_plan(
     for event, reason in plan.parked:
         _park(cur, event, reason, batch, tables)
     # Within a batch only each key's final state reaches the feed: it carries the whole row.
-    final = _write_messages(cur, plan, batch, tables)
+    writes = _Writes(cur)
+    final = _write_messages(cur, writes, plan, batch, tables)
     batch.written = {k: message for k, (message, _) in final.items()}
     previous = written_before or {}
-    chat_json = _write_chats(cur, plan.chat_states, plan.changed_chats, tables)
+    chat_json = _write_chats(writes, plan.chat_states, plan.changed_chats, tables)
+    writes.send()
     items = []
     for k in plan.changed:
         if k not in final:
@@ -272,13 +270,19 @@ def prune_feed(conn: Any) -> int:
 
 
 def _lock(cur: Any, wait: bool) -> None:
+    """Take the projection's lock, then its checkpoint row (left for the caller to fetch)."""
+    checkpoint = "SELECT txid, position FROM checkpoints WHERE projection = %s FOR UPDATE"
     if wait:
-        cur.execute("SET LOCAL lock_timeout = '10s'")
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(PROJECTION),))
+        # One round trip for all three: a live batch makes a dozen, each adds latency.
+        cur.execute(
+            "SET LOCAL lock_timeout = '10s'; SELECT pg_advisory_xact_lock(%s); " + checkpoint,
+            (lock_id(PROJECTION), PROJECTION),
+        )
         return
     cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_id(PROJECTION),))
     if not cur.fetchone()[0]:
         raise Busy(PROJECTION)
+    cur.execute(checkpoint, (PROJECTION,))
 
 
 def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
@@ -330,7 +334,7 @@ def _load_chats(
 
 
 def _write_messages(
-    cur: Any, plan: Plan, batch: Batch, tables: Tables
+    cur: Any, writes: _Writes, plan: Plan, batch: Batch, tables: Tables
 ) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
     """Write changed states; return each key's final public message (and its JSON)."""
     states, loaded, last_position = plan.states, plan.loaded, plan.last_position
@@ -366,7 +370,7 @@ def _write_messages(
             released.append(key)
     if rows:
         _write_rows(
-            cur,
+            writes,
             f"INSERT INTO {tables.messages}"
             " (instance, key_id, chat_jid, sent_at, data, meta, position)"
             " SELECT r.instance, r.key_id, r.chat_jid, r.sent_at, r.data::jsonb, r.meta, r.position"
@@ -379,7 +383,7 @@ def _write_messages(
         )
     if holds:
         _write_rows(
-            cur,
+            writes,
             f"INSERT INTO {tables.holds} (instance, key_id, meta, held)"
             " SELECT * FROM json_to_recordset(%s::json)"
             " AS r(instance text, key_id text, meta jsonb, held jsonb)"
@@ -389,7 +393,7 @@ def _write_messages(
         )
     if released:
         instances, ids = _pairs(released)
-        cur.execute(
+        writes.execute(
             f"DELETE FROM {tables.holds} h USING unnest(%s::text[], %s::text[]) AS k(i, id)"
             " WHERE h.instance = k.i AND h.key_id = k.id",
             (instances, ids),
@@ -438,7 +442,7 @@ def _media_ids(
 
 
 def _write_chats(
-    cur: Any,
+    writes: _Writes,
     states: dict[tuple[str, str], ChatState],
     changed: list[tuple[str, str]],
     tables: Tables,
@@ -458,7 +462,7 @@ def _write_chats(
         for key in changed
     ]
     _write_rows(
-        cur,
+        writes,
         f"INSERT INTO {tables.chats} (instance, chat_jid, last_message_at, data, meta)"
         " SELECT r.instance, r.chat_jid, r.last_message_at, r.data::jsonb, r.meta"
         " FROM json_to_recordset(%s::json) AS r(instance text, chat_jid text,"
@@ -507,6 +511,22 @@ def append_feed(
         rows,
     )
     return feed
+
+
+class _Writes:
+    """Statements whose results nobody reads, sent together in one round trip."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+        self._statements: list[bytes] = []
+
+    def execute(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._statements.append(self._cur.mogrify(sql, params))
+
+    def send(self) -> None:
+        if self._statements:
+            self._cur.execute(b";\n".join(self._statements))
+            self._statements = []
 
 
 def _write_rows(cur: Any, sql: str, rows: list[dict[str, Any]]) -> None:
