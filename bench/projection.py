@@ -745,6 +745,8 @@ def run_latency(
         f"latency: fresh database, web (WEB_CONCURRENCY=2) + worker, {rate:g}/s for {seconds:g} s"
     )
     fresh_database(url)
+    # Flush what earlier phases wrote now, not while latencies are being measured.
+    checkpoint(url)
     port = free_port()
     token = secrets.token_hex(16)
     env = {
