@@ -157,9 +157,14 @@ def _lock(conn: Any, wait: bool) -> None:
 
 
 def _unlock(conn: Any) -> None:
-    # A broken connection has lost its session, and the lock with it.
-    with contextlib.suppress(Exception), conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_unlock(%s)", (runner.lock_id(PROJECTION),))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (runner.lock_id(PROJECTION),))
+    except Exception:
+        # Ending the session is the other way to release a session lock; a broken
+        # connection has already lost it.
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 def _checkpoint(conn: Any) -> Cursor:
