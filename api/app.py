@@ -44,7 +44,7 @@ from events.pool import Pool
 from events.store import EventStore
 from migrations import runner as migrations
 from pipeline import heartbeat, logs, probes
-from pipeline.actors import project_messages, rebuild_projection
+from pipeline.actors import rebuild_projection, ring_projector
 from pipeline.broker import broker
 from pipeline.config import Settings
 from pipeline.media import MediaStorage, storage_from
@@ -142,7 +142,7 @@ def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> S
     # The webhook writers get connections of their own: a storm of readers or sockets
     # waiting for the shared pool must never delay an acknowledgement.
     writers = EventStore(Pool(settings.database_url, size=WRITERS, statement_timeout_ms=15_000))
-    wakeups = WakeUps(project_messages.send, drop_connection)
+    wakeups = WakeUps(ring_projector, drop_connection)
     committer = MeasuredCommitter(writers.append, writers=WRITERS, on_commit=wakeups.notify)
     lifecycle = lifecycle or Lifecycle()
     hub = Hub(probes.redis_subscriber(settings.redis_url), pool)

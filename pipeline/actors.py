@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import dramatiq
+import pika.exceptions
 
 from events.errors import MediaRejected, MediaUnavailable
 from pipeline.broker import broker
@@ -26,6 +27,21 @@ def project_messages() -> None:
     current = runtime()
     if current is not None:
         current.projector.wake()
+
+
+def ring_projector() -> None:
+    """Send a wake-up unless one is already waiting in the queue.
+
+    While no worker runs, every commit would otherwise leave one more doorbell behind (a
+    day's outage, millions); one waiting is enough, and a starting worker catches up anyway.
+    """
+    try:
+        waiting = broker.channel.queue_declare(PROJECTIONS_QUEUE, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:  # the queue is not declared yet
+        del broker.channel
+        waiting = 0
+    if not waiting:
+        project_messages.send()
 
 
 # The media row counts attempts and fails itself after the last one (pipeline/media_jobs.py);

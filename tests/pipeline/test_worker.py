@@ -160,6 +160,33 @@ def test_the_same_wake_up_delivered_twice_changes_nothing(fresh_database_url: st
         worker.stop()
 
 
+def test_with_no_worker_running_at_most_one_wake_up_waits_in_the_queue(
+    fresh_database_url: str,
+) -> None:
+    from pipeline.broker import broker
+
+    url = fresh_database_url
+    broker.flush("projections")
+    web = start_web(url)
+    worker = None
+    try:
+        # when: 30 webhooks commit one after another while no worker consumes
+        answers = [web.post_webhook(_upsert("idle", f"I{i}")).status for i in range(30)]
+        time.sleep(1.0)
+        # then: one doorbell waits, not one per commit
+        assert answers == [200] * 30
+        assert broker.get_queue_message_counts("projections")[0] == 1
+        # and a worker that starts takes it and projects everything
+        worker = start_worker(url)
+        wait_for(lambda: projected_up_to_head(url))
+        wait_for(lambda: broker.get_queue_message_counts("projections")[0] == 0)
+    finally:
+        if worker is not None:
+            worker.stop()
+        web.stop()
+    _assert_each_message_once(url, "idle", 30)
+
+
 def test_with_rabbitmq_unreachable_webhooks_get_200_and_messages_still_appear(
     fresh_database_url: str,
 ) -> None:
