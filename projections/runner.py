@@ -227,9 +227,9 @@ def write_plan(
         _park(cur, event, reason, batch, tables)
     # Within a batch only each key's final state reaches the feed: it carries the whole row.
     writes = _Writes(cur)
-    final = _write_messages(cur, writes, plan, batch, tables)
-    batch.written = {k: message for k, (message, _) in final.items()}
     previous = written_before or {}
+    final = _write_messages(cur, writes, plan, batch, tables, previous)
+    batch.written = {k: message for k, (message, _) in final.items()}
     chat_json = _write_chats(writes, plan.chat_states, plan.changed_chats, tables)
     writes.send()
     items = []
@@ -334,13 +334,18 @@ def _load_chats(
 
 
 def _write_messages(
-    cur: Any, writes: _Writes, plan: Plan, batch: Batch, tables: Tables
+    cur: Any,
+    writes: _Writes,
+    plan: Plan,
+    batch: Batch,
+    tables: Tables,
+    previous: dict[tuple[str, str], dict[str, Any]],
 ) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
     """Write changed states; return each key's final public message (and its JSON)."""
     states, loaded, last_position = plan.states, plan.loaded, plan.last_position
     final: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
     rows, holds, released = [], [], []
-    media_ids = _media_ids(cur, states, plan.changed, batch)
+    media_ids = _media_ids(cur, states, plan.changed, batch, previous)
     for key in plan.changed:
         state = states[key]
         if state.message is None:
@@ -406,17 +411,28 @@ def _media_ids(
     states: dict[tuple[str, str], MessageState],
     changed: list[tuple[str, str]],
     batch: Batch,
+    previous: dict[tuple[str, str], dict[str, Any]],
 ) -> dict[tuple[str, str], tuple[int, str]]:
-    """Create (or find) the media rows of messages whose media has no id yet, in one go."""
-    wanted = [
-        (key, state.message["media"])
-        for key in changed
-        if (state := states[key]).message is not None
-        and state.message.get("media") is not None
-        and state.message["media"].get("id") is None
-    ]
+    """Create (or find) the media rows of messages whose media has no id yet, in one go.
+
+    Ids the previous batch just wrote are taken from `previous`: an upsert would find the
+    same row, but burn an identity value each time.
+    """
+    known: dict[tuple[str, str], tuple[int, str]] = {}
+    wanted = []
+    for key in changed:
+        message = states[key].message
+        if message is None or message.get("media") is None:
+            continue
+        if message["media"].get("id") is not None:
+            continue
+        stored = (previous.get(key) or {}).get("media") or {}
+        if stored.get("id") is not None:
+            known[key] = (stored["id"], stored["status"])
+        else:
+            wanted.append((key, message["media"]))
     if not wanted:
-        return {}
+        return known
     cur.execute(
         "INSERT INTO media (instance, key_id, mimetype, size, sha256)"
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])"
@@ -433,7 +449,7 @@ def _media_ids(
             [media.get("sha256") for _, media in wanted],
         ),
     )
-    found = {}
+    found = known
     for instance, key_id, media_id, status, inserted in cur.fetchall():
         found[(instance, key_id)] = (media_id, status)
         if inserted:

@@ -55,10 +55,27 @@ def _reaction(key_id: str, chat: int, ts: int, emoji: str) -> bytes:
     )
 
 
+def _removal_in_group(key_id: str, member: int, ts: int) -> bytes:
+    """A group member removes a reaction they never made: only the message's bookkeeping
+    changes, not the message."""
+    key = {
+        "id": f"X{key_id}{member}",
+        "remoteJid": "120363000000000001@g.us",
+        "participant": f"55119{member:07d}@s.whatsapp.net",
+        "fromMe": False,
+    }
+    reaction = {"reactionMessage": {"key": {"id": key_id}, "text": ""}}
+    return _body("messages.upsert", {"key": key, "message": reaction, "messageTimestamp": ts})
+
+
 def _history() -> list[bytes]:
     """Every fixture, then messages whose statuses, reactions and images span batch borders."""
     bodies = list(fixture_bodies().values())
     image = {"imageMessage": {"mimetype": "image/jpeg", "fileLength": "10", "caption": "pic"}}
+    # An image whose next events change only its bookkeeping, whatever the batch borders:
+    # compared with the stored row (media id merged), they reach the feed as no change.
+    bodies.append(_upsert("IMG", 9, 1764460700, image))
+    bodies += [_removal_in_group("IMG", member, 1764460701 + member) for member in range(3)]
     for i in range(40):
         ts = 1764460800 + i
         bodies.append(_status(f"M{i + 2}", "READ"))  # before its message: held
