@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -154,3 +156,78 @@ def write_section(heading: str, section: str) -> None:
     temporary = RESULTS.with_suffix(f".md.tmp-{os.getpid()}")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(RESULTS)
+
+
+def machine() -> dict[str, str]:
+    """Cores, CPU model and Python version of this machine, for the RESULTS.md headers."""
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version()}
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) ticks of all cores from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def query(url: str, sql: str, params: tuple | None = None, *, autocommit: bool = False) -> list:
+    """Run one statement on a connection of its own; return its rows."""
+    conn = psycopg2.connect(url, connect_timeout=5)
+    conn.autocommit = autocommit
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall() if cur.description else []
+        if not autocommit:
+            conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
+def checkpoint(url: str) -> None:
+    """Start each measurement with little dirty data, so a checkpoint lands in none."""
+    with contextlib.suppress(psycopg2.Error):
+        query(url, "CHECKPOINT", autocommit=True)
+
+
+def count_log_problems(path: Path) -> int:
+    """Lines a service logged at warning or above (or that are not JSON log lines)."""
+    problems = 0
+    with path.open("rb") as log:
+        for line in log:
+            try:
+                level = json.loads(line).get("level", "")
+            except ValueError:
+                # gunicorn's own lines ("[INFO] Booting worker ...") are not JSON.
+                problems += b"[ERROR]" in line or b"[CRITICAL]" in line or b"Traceback" in line
+                continue
+            # dramatiq logs its normal SIGTERM shutdown at warning level.
+            shutdown = b"Killing worker process" in line
+            problems += level in ("warning", "error", "critical") and not shutdown
+    return problems
+
+
+def projections_consumers(rabbitmq_url: str) -> int | None:
+    """Consumers already on the vhost's 'projections' queue (they would take our wake-ups)."""
+    try:
+        import pika
+
+        params = pika.URLParameters(rabbitmq_url)
+        params.socket_timeout = 3
+        params.blocked_connection_timeout = 3
+        connection = pika.BlockingConnection(params)
+        try:
+            ok = connection.channel().queue_declare("projections", passive=True)
+            return int(ok.method.consumer_count)
+        finally:
+            connection.close()
+    except Exception:
+        return None

@@ -26,7 +26,6 @@ import contextlib
 import glob
 import json
 import os
-import platform
 import re
 import resource
 import secrets
@@ -44,9 +43,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg2
+from common import (
+    checkpoint,
+    count_log_problems,
+    database_name,
+    machine,
+    machine_ticks,
+    query,
+    verdict,
+    with_database,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "ingest.lua"
@@ -267,14 +276,6 @@ def _is_postmaster(pid: str) -> bool:
     return stat is not None and _proc_comm(str(stat[0])) != "postgres"
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) ticks of all cores from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # guest time is already counted in user
-    return total - idle, total
-
-
 def machine_busy_now(seconds: float = 2.0) -> float:
     """Share of all cores busy over `seconds` of doing nothing ourselves."""
     busy, total = machine_ticks()
@@ -302,15 +303,6 @@ def ticks_delta(before: dict[int, int], after: dict[int, int]) -> int:
 # ---------------------------------------------------------------------------- database
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-def database_name(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
-
-
 def fresh_database(url: str) -> None:
     """Drop and recreate the bench database (only one whose name says bench)."""
     name = database_name(url)
@@ -323,26 +315,6 @@ def fresh_database(url: str) -> None:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         conn.close()
-
-
-def query(url: str, sql: str, params: tuple | None = None, *, autocommit: bool = False) -> list:
-    conn = psycopg2.connect(url, connect_timeout=5)
-    conn.autocommit = autocommit
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            rows = cur.fetchall() if cur.description else []
-        if not autocommit:
-            conn.commit()
-        return rows
-    finally:
-        conn.close()
-
-
-def checkpoint(url: str) -> None:
-    """Start each measurement with little dirty data, so a checkpoint lands in none."""
-    with contextlib.suppress(psycopg2.Error):
-        query(url, "CHECKPOINT", autocommit=True)
 
 
 # ---------------------------------------------------------------------------- service
@@ -420,21 +392,6 @@ def post_one(port: int, token: str, body: bytes) -> dict:
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())
-
-
-def count_log_problems(path: Path) -> int:
-    """Lines the service logged at warning or above (or that are not JSON log lines)."""
-    problems = 0
-    with path.open("rb") as log:
-        for line in log:
-            try:
-                level = json.loads(line).get("level", "")
-            except ValueError:
-                # gunicorn's own lines ("[INFO] Booting worker ...") are not JSON.
-                problems += b"[ERROR]" in line or b"[CRITICAL]" in line or b"Traceback" in line
-                continue
-            problems += level in ("warning", "error", "critical")
-    return problems
 
 
 # ---------------------------------------------------------------------------- load
@@ -762,10 +719,6 @@ def bench_ceiling(args: argparse.Namespace) -> Ceiling:
 # ---------------------------------------------------------------------------- report
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def target_lines(run: WebRun) -> list[tuple[str, str, str, str]]:
     """(what, figure, target, PASS/MISS) for the three targets."""
     return [
@@ -846,12 +799,6 @@ def pick_best(runs: list[WebRun]) -> WebRun:
 
 
 def machine_facts(url: str, wrk: str) -> dict[str, str]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     pg = query(url, "SELECT version()")[0][0].split(" on ")[0]
     settings = dict(
         query(
@@ -872,13 +819,14 @@ def machine_facts(url: str, wrk: str) -> dict[str, str]:
     ).stdout.split()
     if dirty:
         commit += " with uncommitted changes in " + ", ".join(sorted(set(dirty) - {"M", "??"}))
+    facts = machine()
     return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
+        "nproc": facts["nproc"],
+        "cpu": facts["cpu"],
         "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "postgres": pg,
         "postgres settings": ", ".join(f"{k}={v}" for k, v in sorted(settings.items())),
-        "python": platform.python_version(),
+        "python": facts["python"],
         "wrk": wrk_version.split(" Copyright")[0],
         "commit": commit,
     }

@@ -41,7 +41,6 @@ import errno
 import json
 import multiprocessing
 import os
-import platform
 import re
 import resource
 import secrets
@@ -67,7 +66,10 @@ from common import (  # noqa: E402
     Proc,
     free_port,
     fresh_database,
+    machine,
+    machine_ticks,
     percentile,
+    projections_consumers,
     verdict,
     wait_worker,
     write_section,
@@ -141,32 +143,6 @@ def rabbitmq_url_for(vhost: str) -> tuple[str, str]:
     except (subprocess.SubprocessError, OSError) as error:
         return base, f"shared (could not prepare vhost {vhost}: {type(error).__name__})"
     return urlunsplit(urlsplit(base)._replace(path="/" + quote(vhost, safe=""))), vhost
-
-
-def projections_consumers(rabbitmq_url: str) -> int | None:
-    """Consumers already on the vhost's 'projections' queue (they would take our wake-ups)."""
-    try:
-        import pika
-
-        params = pika.URLParameters(rabbitmq_url)
-        params.socket_timeout = 3
-        params.blocked_connection_timeout = 3
-        connection = pika.BlockingConnection(params)
-        try:
-            ok = connection.channel().queue_declare("projections", passive=True)
-            return int(ok.method.consumer_count)
-        finally:
-            connection.close()
-    except Exception:
-        return None
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    total = sum(fields[:8])
-    return total - idle, total
 
 
 def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
@@ -1302,16 +1278,6 @@ def print_end_to_end(r: EndToEnd) -> None:
 
 
 # ---------------------------------------------------------------------------- report
-
-
-def machine() -> dict[str, str]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version()}
 
 
 def git_state() -> str:

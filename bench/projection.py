@@ -34,7 +34,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import platform
 import secrets
 import shlex
 import subprocess
@@ -56,10 +55,16 @@ sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402
     Proc,
+    checkpoint,
+    count_log_problems,
     database_name,
     free_port,
     fresh_database,
+    machine,
+    machine_ticks,
     percentile,
+    projections_consumers,
+    query,
     verdict,
     wait_healthy,
     wait_worker,
@@ -97,33 +102,7 @@ def connect(url: str, *, autocommit: bool = False) -> Any:
     return conn
 
 
-def query(url: str, sql: str, params: tuple | None = None, *, autocommit: bool = False) -> list:
-    conn = connect(url, autocommit=autocommit)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            rows = cur.fetchall() if cur.description else []
-        if not autocommit:
-            conn.commit()
-        return rows
-    finally:
-        conn.close()
-
-
-def checkpoint(url: str) -> None:
-    """Start each timed phase with little dirty data."""
-    query(url, "CHECKPOINT", autocommit=True)
-
-
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) ticks of all cores from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    total = sum(fields[:8])
-    return total - idle, total
 
 
 def _postgres_ticks() -> dict[str, int]:
@@ -143,9 +122,9 @@ def wait_quiet(max_seconds: float, below: float = 0.25) -> float:
     busy; return the last second's busy share, so a run on a shared machine says so."""
     deadline = time.monotonic() + max_seconds
     while True:
-        busy0, total0 = _machine_ticks()
+        busy0, total0 = machine_ticks()
         time.sleep(1.0)
-        busy1, total1 = _machine_ticks()
+        busy1, total1 = machine_ticks()
         busy = (busy1 - busy0) / max(1, total1 - total0)
         if busy < below or time.monotonic() > deadline:
             return busy
@@ -171,11 +150,11 @@ class Usage:
 def measure_usage(usage: Usage) -> Any:
     own0 = sum(os.times()[:2])
     pg0 = _postgres_ticks()
-    busy0, total0 = _machine_ticks()
+    busy0, total0 = machine_ticks()
     try:
         yield usage
     finally:
-        busy1, total1 = _machine_ticks()
+        busy1, total1 = machine_ticks()
         usage.own_s = sum(os.times()[:2]) - own0
         pg1 = _postgres_ticks()
         usage.postgres_s = sum(t - pg0.get(pid, 0) for pid, t in pg1.items()) / CLK_TCK
@@ -579,24 +558,6 @@ def ensure_vhost(name: str) -> bool:
         return False
 
 
-def projections_consumers(rabbitmq_url: str) -> int | None:
-    """Consumers on the shared 'projections' queue (another worker would take our wake-ups)."""
-    try:
-        import pika
-
-        params = pika.URLParameters(rabbitmq_url)
-        params.socket_timeout = 3
-        params.blocked_connection_timeout = 3
-        connection = pika.BlockingConnection(params)
-        try:
-            ok = connection.channel().queue_declare("projections", passive=True)
-            return int(ok.method.consumer_count)
-        finally:
-            connection.close()
-    except Exception:
-        return None
-
-
 def poller(
     url: str,
     schedule: list[tuple[float, str, str]],
@@ -720,21 +681,6 @@ class LatencyRun:
     @property
     def p99(self) -> float:
         return percentile(self.latencies_ms, 99)
-
-
-def count_log_problems(path: Path) -> int:
-    problems = 0
-    with path.open("rb") as log:
-        for line in log:
-            try:
-                level = json.loads(line).get("level", "")
-            except ValueError:
-                problems += b"[ERROR]" in line or b"[CRITICAL]" in line or b"Traceback" in line
-                continue
-            # dramatiq logs its normal SIGTERM shutdown at warning level.
-            shutdown = b"Killing worker process" in line
-            problems += level in ("warning", "error", "critical") and not shutdown
-    return problems
 
 
 def run_latency(
@@ -878,16 +824,6 @@ def run_latency(
 
 
 # ---------------------------------------------------------------------------- report
-
-
-def machine() -> dict[str, str]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version()}
 
 
 def postgres_info(url: str) -> str:
