@@ -148,7 +148,7 @@ def test_overlapped_batches_project_exactly_what_one_batch_after_another_does(
     assert sql(overlapped, "SELECT count(*) FROM media")[0][0] > 5
 
 
-def test_a_second_runner_waits_while_an_overlapped_run_holds_the_projection(
+def test_a_second_runner_is_busy_while_an_overlapped_run_holds_the_projection(
     two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, _ = two_databases
