@@ -8,6 +8,10 @@
   message resets the count to the incoming messages newer than itself, which is 0 unless it
   arrived late; those are found in a window of the last 50 counted incoming messages, so a
   very late outgoing message after more than 50 newer incoming ones leaves at most 50.
+  The window is one string, "time#crc32 of key id" entries in order, joined by commas: each
+  chat row is rewritten once per batch, and at this size it stays small enough to be stored
+  uncompressed (a list of [time, key id] pairs made chat upserts ~3x slower). Two messages
+  of one chat counted in the same second count once only if their key ids' CRC-32s differ.
 - Name: a chats/contacts/groups event that names the chat wins, the last one applied; until
   one does, a direct chat takes the push name of its newest incoming message. Groups never
   take push names (those name the participant, not the group).
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import bisect
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,8 +152,8 @@ def _count_outgoing(chat: dict[str, Any], meta: dict[str, Any], ts: str | None) 
         return  # an older reply arriving late: the newer one already decided the count
     if ts is not None:
         meta["last_out_at"] = ts
-    window = [entry for entry in meta.get("unread", []) if ts is not None and entry[0] > ts]
-    meta["unread"] = window
+    window = [entry for entry in _window(meta) if ts is not None and entry.partition("#")[0] > ts]
+    meta["unread"] = ",".join(window)
     chat["unread_count"] = len(window)
 
 
@@ -159,14 +164,29 @@ def _count_incoming(
     if ts is not None and last_out is not None and ts <= last_out:
         return  # older than our latest reply: already seen when we answered
     # Unknown time sorts oldest, so the next reply clears it.
-    entry = [ts or "", key_id]
-    window: list[list[str]] = meta.get("unread", [])
-    at = bisect.bisect_left(window, entry)
-    if at < len(window) and window[at] == entry:
-        return  # counted already (a message's time never changes)
-    window = [*window[:at], entry, *window[at:]][-_UNREAD_WINDOW:]
-    meta["unread"] = window
+    entry = f"{ts or ''}#{zlib.crc32(key_id.encode()):08x}"
+    stored = meta.get("unread", "")
+    if isinstance(stored, str) and (not stored or entry > stored[stored.rfind(",") + 1 :]):
+        # The usual case, a message newer than all counted ones: no need to split the window.
+        stored = f"{stored},{entry}" if stored else entry
+        if stored.count(",") >= _UNREAD_WINDOW:
+            stored = stored[stored.index(",") + 1 :]
+        meta["unread"] = stored
+    else:
+        window = _window(meta)
+        at = bisect.bisect_left(window, entry)
+        if at < len(window) and window[at] == entry:
+            return  # counted already (a message's time never changes)
+        meta["unread"] = ",".join([*window[:at], entry, *window[at:]][-_UNREAD_WINDOW:])
     chat["unread_count"] = chat["unread_count"] + 1
+
+
+def _window(meta: dict[str, Any]) -> list[str]:
+    """The unread window's entries, oldest first."""
+    stored = meta.get("unread", "")
+    if isinstance(stored, list):  # stored before 2026-11-30 as [[time, key id], ...]
+        return sorted(f"{ts}#{zlib.crc32(key_id.encode()):08x}" for ts, key_id in stored)
+    return stored.split(",") if stored else []
 
 
 def _new_chat(instance: str, jid: str) -> dict[str, Any]:

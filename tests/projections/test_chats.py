@@ -192,6 +192,55 @@ def test_a_created_change_applied_twice_counts_once() -> None:
     assert chat_of(states)["unread_count"] == 1
 
 
+def test_a_late_reply_after_more_than_the_window_of_newer_messages_leaves_the_window() -> None:
+    states, _ = project(
+        [upsert("I0", ts=T0)]
+        + [upsert(f"I{n}", ts=T0 + 100 + n) for n in range(1, 61)]
+        + [upsert("O1", from_me=True, ts=T0 + 50)]
+    )
+
+    assert chat_of(states)["unread_count"] == 50
+
+
+def test_messages_counted_out_of_order_and_again_count_once() -> None:
+    message_states: dict = {}
+    states, _ = project(
+        [upsert("I3", ts=T0 + 30), upsert("I1", ts=T0 + 10), upsert("I2", ts=T0 + 20)],
+        None,
+        message_states,
+    )
+    created = [
+        messages.MessageChange("message.created", INSTANCE, k, m.message)
+        for (_, k), m in message_states.items()
+    ]
+    for change in created:
+        assert chats.apply_message(states, change) == []
+    assert chat_of(states)["unread_count"] == 3
+
+    project([upsert("O1", from_me=True, ts=T0 + 15)], states, message_states)
+    assert chat_of(states)["unread_count"] == 2
+
+
+def test_a_window_stored_as_time_and_key_pairs_is_still_read() -> None:
+    """Chats written before the window became one string keep their counts and dedupe."""
+    message_states: dict = {}
+    states, _ = project([upsert(f"I{n}", ts=T0 + 10 * n) for n in range(3)], None, message_states)
+    key = (INSTANCE, CHAT)
+    old_window = [[m.message["timestamp"], k] for (_, k), m in sorted(message_states.items())]
+    states[key] = ChatState(states[key].chat, {**states[key].meta, "unread": old_window})
+    [again] = [
+        messages.MessageChange(
+            "message.created", INSTANCE, "I1", message_states[(INSTANCE, "I1")].message
+        )
+    ]
+
+    assert chats.apply_message(states, again) == []
+    project(
+        [upsert("I3", ts=T0 + 30), upsert("O1", from_me=True, ts=T0 + 15)], states, message_states
+    )
+    assert chat_of(states)["unread_count"] == 2
+
+
 # --- names -------------------------------------------------------------------------------
 
 
