@@ -8,7 +8,9 @@ and a crash or SIGKILL anywhere rolls the whole batch back.
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -223,6 +225,7 @@ def write_plan(
     is compared with.
     """
     batch = Batch()
+    _create_stages(cur)
     for event, reason in plan.parked:
         _park(cur, event, reason, batch, tables)
     # Within a batch only each key's final state reaches the feed: it carries the whole row.
@@ -360,31 +363,29 @@ def _write_messages(
         text = dumps(message)
         final[key] = (message, text)
         rows.append(
-            {
-                "instance": key[0],
-                "key_id": key[1],
-                "chat_jid": message["chat_jid"],
-                "sent_at": message["timestamp"],
-                "data": text,
-                "meta": state.meta,
-                "position": last_position.get(key, 0),
-            }
+            _copy_line(
+                _copy_text(key[0]),
+                _copy_text(key[1]),
+                _copy_text(message["chat_jid"]),
+                _copy_text(message["timestamp"]),
+                _copy_json(text),
+                _copy_json(dumps(state.meta)),
+                str(last_position.get(key, 0)),
+            )
         )
         old = loaded.get(key)
         if old is not None and old.message is None:
             released.append(key)
     if rows:
-        _write_rows(
-            writes,
-            f"INSERT INTO {tables.messages}"
-            " (instance, key_id, chat_jid, sent_at, data, meta, position)"
-            " SELECT r.instance, r.key_id, r.chat_jid, r.sent_at, r.data::jsonb, r.meta, r.position"
-            " FROM json_to_recordset(%s::json) AS r(instance text, key_id text, chat_jid text,"
-            " sent_at timestamptz, data text, meta jsonb, position bigint)"
+        columns = "instance, key_id, chat_jid, sent_at, data, meta, position"
+        _copy(cur, _STAGE["messages"], columns, rows)
+        writes.execute(
+            f"WITH staged AS (DELETE FROM {_STAGE['messages']} RETURNING *)"
+            f" INSERT INTO {tables.messages} ({columns}) SELECT {columns} FROM staged"
             " ON CONFLICT (instance, key_id) DO UPDATE SET chat_jid = EXCLUDED.chat_jid,"
             " sent_at = EXCLUDED.sent_at, data = EXCLUDED.data, meta = EXCLUDED.meta,"
             " position = EXCLUDED.position, updated_at = now()",
-            rows,
+            (),
         )
     if holds:
         _write_rows(
@@ -467,26 +468,25 @@ def _write_chats(
     texts = {key: dumps(states[key].chat) for key in changed}
     if not changed:
         return texts
+    columns = "instance, chat_jid, last_message_at, data, meta"
     rows = [
-        {
-            "instance": key[0],
-            "chat_jid": key[1],
-            "last_message_at": states[key].chat["last_message_at"],
-            "data": texts[key],
-            "meta": states[key].meta,
-        }
+        _copy_line(
+            _copy_text(key[0]),
+            _copy_text(key[1]),
+            _copy_text(states[key].chat["last_message_at"]),
+            _copy_json(texts[key]),
+            _copy_json(dumps(states[key].meta)),
+        )
         for key in changed
     ]
-    _write_rows(
-        writes,
-        f"INSERT INTO {tables.chats} (instance, chat_jid, last_message_at, data, meta)"
-        " SELECT r.instance, r.chat_jid, r.last_message_at, r.data::jsonb, r.meta"
-        " FROM json_to_recordset(%s::json) AS r(instance text, chat_jid text,"
-        " last_message_at timestamptz, data text, meta jsonb)"
+    _copy(writes.cursor, _STAGE["chats"], columns, rows)
+    writes.execute(
+        f"WITH staged AS (DELETE FROM {_STAGE['chats']} RETURNING *)"
+        f" INSERT INTO {tables.chats} ({columns}) SELECT {columns} FROM staged"
         " ON CONFLICT (instance, chat_jid) DO UPDATE SET"
         " last_message_at = EXCLUDED.last_message_at, data = EXCLUDED.data,"
         " meta = EXCLUDED.meta, updated_at = now()",
-        rows,
+        (),
     )
     return texts
 
@@ -516,16 +516,9 @@ def append_feed(
         next_cursor[instance] += 1
         feed.append(FeedItem(instance, cursor, kind, data, text))
         rows.append(
-            {"instance": instance, "cursor": cursor, "kind": kind, "key": key, "data": text}
+            _copy_line(_copy_text(instance), str(cursor), kind, _copy_text(key), _copy_json(text))
         )
-    _write_rows(
-        cur,
-        "INSERT INTO feed (instance, cursor, kind, key, data)"
-        " SELECT r.instance, r.cursor, r.kind, r.key, r.data::jsonb"
-        " FROM json_to_recordset(%s::json)"
-        " AS r(instance text, cursor bigint, kind text, key text, data text)",
-        rows,
-    )
+    _copy(cur, "feed", "instance, cursor, kind, key, data", rows)
     return feed
 
 
@@ -533,16 +526,59 @@ class _Writes:
     """Statements whose results nobody reads, sent together in one round trip."""
 
     def __init__(self, cur: Any) -> None:
-        self._cur = cur
+        self.cursor = cur
         self._statements: list[bytes] = []
 
     def execute(self, sql: str, params: tuple[Any, ...]) -> None:
-        self._statements.append(self._cur.mogrify(sql, params))
+        self._statements.append(self.cursor.mogrify(sql, params))
 
     def send(self) -> None:
         if self._statements:
-            self._cur.execute(b";\n".join(self._statements))
+            self.cursor.execute(b";\n".join(self._statements))
             self._statements = []
+
+
+# Rows are sent with COPY, which is about twice as fast on the server as INSERT ... SELECT
+# from one JSON parameter: straight into the feed (only ever appended to), and into these
+# per-session staging tables for the upserts, which move them out with DELETE ... RETURNING
+# (so a second batch in the same transaction starts from an empty stage).
+_STAGE = {"messages": "zapline_stage_messages", "chats": "zapline_stage_chats"}
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
+def _create_stages(cur: Any) -> None:
+    cur.execute(
+        "".join(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS)"
+            " ON COMMIT DELETE ROWS;"
+            for table, stage in _STAGE.items()
+        )
+    )
+
+
+def _copy(cur: Any, table: str, columns: str, lines: list[str]) -> None:
+    """COPY lines made by `_copy_line` into `table`."""
+    cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", io.StringIO("".join(lines)))
+
+
+def _copy_line(*fields: str) -> str:
+    """One row in COPY's text format, from fields escaped by `_copy_text` or `_copy_json`."""
+    return "\t".join(fields) + "\n"
+
+
+def _copy_text(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    if _COPY_SPECIAL.search(value) is None:
+        return value
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy_json(text: str) -> str:
+    """JSON text escaped for COPY: JSON never holds a raw tab, newline or carriage return,
+    so doubling its backslashes is all it takes (and far cheaper than a character scan)."""
+    return text.replace("\\", "\\\\")
 
 
 def _write_rows(cur: Any, sql: str, rows: list[dict[str, Any]]) -> None:

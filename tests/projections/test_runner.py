@@ -1,0 +1,115 @@
+"""The runner's writes: what reaches the tables is exactly what the projection computed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg2
+import pytest
+
+from events.event import Event
+from events.pool import Pool
+from events.store import EventStore
+from events.webhook import parse_webhook
+from projections import messages, runner
+from tests.conftest import sql
+
+pytestmark = pytest.mark.services
+
+# Characters COPY's text format treats specially, in every column the runner writes.
+AWKWARD = 'tab\there, line\nbreak, cr\rhere, back\\slash, \\N, \\\\N, quote" 😀'
+
+
+def _upsert(instance: str, key_id: str, jid: str, text: str, ts: int) -> dict[str, Any]:
+    return {
+        "event": "messages.upsert",
+        "instance": instance,
+        "data": {
+            "key": {"id": key_id, "remoteJid": jid, "fromMe": False},
+            "pushName": text,
+            "message": {"conversation": text},
+            "messageTimestamp": ts,
+        },
+    }
+
+
+def _append(url: str, bodies: list[dict[str, Any]]) -> None:
+    pool = Pool(url, size=1)
+    EventStore(pool).append([parse_webhook(json.dumps(b).encode()) for b in bodies])
+    pool.close()
+
+
+def _stored_events(url: str) -> list[Event]:
+    rows = sql(url, "SELECT position, instance, type, payload, received_at FROM events ORDER BY 1")
+    return [Event(*row) for row in rows]
+
+
+def test_text_copy_treats_specially_is_stored_as_the_projection_made_it(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    bodies = [
+        _upsert("plain", "K1", "5511999990000@s.whatsapp.net", AWKWARD, 1764460800),
+        _upsert("in\tst\\ance", "K\\N\t2\n", "55\\11\t@s.whatsapp.net", AWKWARD, 1764460801),
+        _upsert("plain", "\\N", "\\N", "\\N", 1764460802),
+    ]
+    _append(url, bodies)
+    conn = psycopg2.connect(url)
+    assert runner.run_batch(conn).events == 3
+    conn.close()
+
+    expected = {}
+    for event in _stored_events(url):
+        [change] = messages.apply({}, event)
+        expected[(change.instance, change.key_id)] = change.message
+    stored = sql(url, "SELECT instance, key_id, chat_jid, data FROM messages")
+    assert {(i, k): data for i, k, _, data in stored} == expected
+    assert {(i, k): jid for i, k, jid, _ in stored} == {
+        k: m["chat_jid"] for k, m in expected.items()
+    }
+    feed = sql(url, "SELECT instance, key, data FROM feed WHERE kind = 'message.created'")
+    assert {(i, k): data for i, k, data in feed} == expected
+    chats = sql(url, "SELECT instance, chat_jid, data->>'name', meta FROM chats")
+    assert {(i, j) for i, j, _, _ in chats} == {
+        (i, m["chat_jid"]) for (i, _), m in expected.items()
+    }
+    assert {name for _, _, name, _ in chats} == {AWKWARD, "\\N"}
+
+
+def test_batches_applied_in_one_transaction_each_write_their_own_rows(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    jid = "5511999990000@s.whatsapp.net"
+    _append(
+        url,
+        [
+            _upsert("acme", "K1", jid, "hello", 1764460800),
+            {
+                "event": "messages.update",
+                "instance": "acme",
+                "data": {"keyId": "K1", "remoteJid": jid, "status": "READ"},
+            },
+            _upsert("acme", "K2", jid, "again", 1764460801),
+        ],
+    )
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        # as replay and a rebuild's last step do: several batches, one transaction
+        for event in _stored_events(url):
+            runner.apply_events(cur, [event])
+    conn.close()
+
+    assert sql(url, "SELECT key_id, data->>'status' FROM messages ORDER BY 1") == [
+        ("K1", "read"),
+        ("K2", "delivered"),
+    ]
+    assert sql(url, "SELECT kind, key FROM feed ORDER BY cursor") == [
+        ("message.created", "K1"),
+        ("chat.updated", jid),
+        ("message.updated", "K1"),
+        ("message.created", "K2"),
+        ("chat.updated", jid),
+    ]
+    assert sql(url, "SELECT data->>'unread_count' FROM chats") == [("2",)]
