@@ -9,7 +9,8 @@ Run from the repository root:
    - the ceiling: reads and decodes those events with the runner's gap-safe query
      (`read_after`, batches of 1000, a Cursor advancing), applying and writing nothing;
    - `catchup.catch_up(conn, planner)` from checkpoint 0 in this process, as the worker runs
-     it: the next batch is planned on a second connection while the previous one commits;
+     it: the next batch is planned on a second connection while the previous one commits
+     (the garbage collector is set as a worker process sets it when it boots);
    - the same on one connection, batch after batch (projection emptied first);
    - a second, instrumented catch-up (projection tables emptied, checkpoint back to 0): a
      copy of `run_batch` that times lock + checkpoint, `read_after`, `apply_events` (split
@@ -284,7 +285,9 @@ def _statement_name(sql: Any) -> str:
     text = sql.decode("utf-8", "replace") if isinstance(sql, bytes) else str(sql)
     words = " ".join(text.split()[:6]).lower()
     if text.count("INSERT INTO") > 1:
-        return "sql write messages + holds + chats (one round trip)"
+        return "sql move staged messages + chats into place, holds (one round trip)"
+    if text.startswith("COPY "):
+        return "sql COPY " + text.split()[1].replace("zapline_stage_", "stage ")
     for needle, name in (
         ("from messages m", "sql load messages"),
         ("from message_holds", "sql load holds"),
@@ -303,7 +306,7 @@ def _statement_name(sql: Any) -> str:
 
 
 class TimingCursor:
-    """A psycopg2 cursor that times execute (server + transfer), mogrify and fetch."""
+    """A psycopg2 cursor that times execute and COPY (server + transfer), mogrify and fetch."""
 
     def __init__(self, cur: Any, phases: Phases) -> None:
         self._cur = cur
@@ -312,6 +315,11 @@ class TimingCursor:
     def execute(self, sql: Any, params: Any = None) -> None:
         started = time.perf_counter()
         self._cur.execute(sql, params)
+        self._phases.add(_statement_name(sql), time.perf_counter() - started)
+
+    def copy_expert(self, sql: str, file: Any) -> None:
+        started = time.perf_counter()
+        self._cur.copy_expert(sql, file)
         self._phases.add(_statement_name(sql), time.perf_counter() - started)
 
     def mogrify(self, sql: Any, params: Any = None) -> bytes:
@@ -464,6 +472,7 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
     query(url, "VACUUM ANALYZE", autocommit=True)
     checkpoint(url)
 
+    catchup.collect_garbage_less_often()  # as a worker process does when it boots
     result.busy_before = wait_quiet(quiet_s)
     print(f"  machine busy before the timed phases: {result.busy_before:.0%}")
     n, result.ceiling_first_s = read_ceiling(url, events, Usage())

@@ -51,7 +51,7 @@ _INSERT_EVENTS = """
 # ORDER BY names the table's columns: a bare `txid` would sort by the selected text, where
 # "10" comes before "9" (events would be skipped), and no index could serve it.
 _READ_AFTER = """
-    SELECT e.txid::text, e.position, e.instance, e.type, e.payload, e.received_at
+    SELECT e.txid::text, e.position, e.instance, e.type, e.payload
     FROM events e
     WHERE (e.txid, e.position) > (%s::text::xid8, %s)
       AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
@@ -61,7 +61,7 @@ _READ_AFTER = """
 
 
 _READ_BETWEEN = """
-    SELECT e.txid::text, e.position, e.instance, e.type, e.payload, e.received_at
+    SELECT e.txid::text, e.position, e.instance, e.type, e.payload
     FROM events e
     WHERE (e.txid, e.position) > (%s::text::xid8, %s)
       AND (e.txid, e.position) <= (%s::text::xid8, %s)
@@ -148,15 +148,9 @@ def read_after(
     return [
         (
             Cursor(int(txid), position),
-            Event(
-                position=position,
-                instance=instance,
-                type=type_,
-                payload=payload,
-                received_at=received_at,
-            ),
+            Event(position=position, instance=instance, type=type_, payload=payload),
         )
-        for txid, position, instance, type_, payload, received_at in cur.fetchall()
+        for txid, position, instance, type_, payload in cur.fetchall()
     ]
 
 

@@ -161,8 +161,9 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline import rebuilds
     from pipeline.progress import Progress
-    from projections import rebuild
+    from projections import catchup, rebuild
 
+    catchup.collect_garbage_less_often()
     with rebuilds.connection(settings) as conn:
         if args.discard:
             rebuild.discard(conn, args.name)

@@ -16,6 +16,7 @@ exactly-once because:
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +29,19 @@ from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Plan
 # How long one run keeps the projection's lock before letting others (media updates, replay)
 # have a turn.
 HOLD_SECONDS = 1.0
+
+
+def collect_garbage_less_often() -> None:
+    """Tune the cyclic garbage collector for a process that projects batches.
+
+    A batch makes and drops a few hundred thousand dicts, lists and tuples, none of them in
+    cycles (reference counting frees them). At the default thresholds the collector walked
+    them, and every object the imports left, over and over: 8-12% of catch-up's CPU. Call
+    once, after start-up: what exists then is frozen out of collections for good, and the
+    collector runs every 50,000 net allocations instead of every 700.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
 
 
 class Moved(Exception):

@@ -72,7 +72,7 @@ def replay(
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(PROJECTION),))
             where, params = _where(selection)
             cur.execute(
-                f"SELECT position, instance, type, payload, received_at FROM events e"
+                f"SELECT position, instance, type, payload FROM events e"
                 f" WHERE {where} AND e.position > %s ORDER BY e.position LIMIT %s",
                 (*params, after, CHUNK),
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ MEMBER = "24666483777619@lid"
 T0 = 1750000000  # 2025-06-15T15:06:40Z
 
 _positions = itertools.count(1)
-_RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -45,7 +43,6 @@ def event(body: dict[str, Any], position: int | None = None) -> Event:
         instance=body.get("instance", INSTANCE),
         type=body["event"],
         payload=body,
-        received_at=_RECEIVED,
     )
 
 

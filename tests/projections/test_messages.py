@@ -106,7 +106,7 @@ def test_update_before_its_message_is_held_then_applied_in_one_created_change() 
     key_id = "3EB06664456CEB540ACCEB31333296464363194A"
     echo = upsert(key_id, "hi", from_me=True, status="PENDING", event_type="send.message")
     echo.payload["instance"] = "xpayment"
-    echo = type(echo)(echo.position, "xpayment", echo.type, echo.payload, echo.received_at)
+    echo = type(echo)(echo.position, "xpayment", echo.type, echo.payload)
     states: dict = {}
 
     # given the update arrives first

@@ -41,7 +41,7 @@ def _append(url: str, bodies: list[dict[str, Any]]) -> None:
 
 
 def _stored_events(url: str) -> list[Event]:
-    rows = sql(url, "SELECT position, instance, type, payload, received_at FROM events ORDER BY 1")
+    rows = sql(url, "SELECT position, instance, type, payload FROM events ORDER BY 1")
     return [Event(*row) for row in rows]
 
 
