@@ -347,7 +347,7 @@ def _write_messages(
     """Write changed states; return each key's final public message (and its JSON)."""
     states, loaded, last_position = plan.states, plan.loaded, plan.last_position
     final: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
-    rows, holds, released = [], [], []
+    new_rows, rows, holds, released = [], [], [], []
     media_ids = _media_ids(cur, states, plan.changed, batch, previous)
     for key in plan.changed:
         state = states[key]
@@ -362,7 +362,10 @@ def _write_messages(
             message = {**message, "media": {**message["media"], "id": media_id, "status": status}}
         text = dumps(message)
         final[key] = (message, text)
-        rows.append(
+        old = loaded.get(key)
+        # A key loaded without a message has no messages row, and none can appear before
+        # this commit: every writer of messages rows holds the projection's lock.
+        (new_rows if old is None or old.message is None else rows).append(
             _copy_line(
                 _copy_text(key[0]),
                 _copy_text(key[1]),
@@ -373,11 +376,12 @@ def _write_messages(
                 str(last_position.get(key, 0)),
             )
         )
-        old = loaded.get(key)
         if old is not None and old.message is None:
             released.append(key)
+    columns = "instance, key_id, chat_jid, sent_at, data, meta, position"
+    if new_rows:
+        _copy(cur, tables.messages, columns, new_rows)
     if rows:
-        columns = "instance, key_id, chat_jid, sent_at, data, meta, position"
         _copy(cur, _STAGE["messages"], columns, rows)
         writes.execute(
             f"WITH staged AS (DELETE FROM {_STAGE['messages']} RETURNING *)"
@@ -539,7 +543,7 @@ class _Writes:
 
 
 # Rows are sent with COPY, which is about twice as fast on the server as INSERT ... SELECT
-# from one JSON parameter: straight into the feed (only ever appended to), and into these
+# from one JSON parameter: straight into the feed and new messages, and into these
 # per-session staging tables for the upserts, which move them out with DELETE ... RETURNING
 # (so a second batch in the same transaction starts from an empty stage).
 _STAGE = {"messages": "zapline_stage_messages", "chats": "zapline_stage_chats"}
