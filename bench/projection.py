@@ -288,6 +288,8 @@ def _statement_name(sql: Any) -> str:
         return "sql move staged messages + chats into place, holds (one round trip)"
     if text.startswith("COPY "):
         return "sql COPY " + text.split()[1].replace("zapline_stage_", "stage ")
+    if "UNION ALL" in text and "FROM messages m" in text:
+        return "sql load messages + holds"
     for needle, name in (
         ("from messages m", "sql load messages"),
         ("from message_holds", "sql load holds"),

@@ -301,21 +301,22 @@ def _load_messages(
     if not keys:
         return pending
     instances, ids = _pairs(keys)
+    # One statement for both tables: the keys are sent and parsed once.
     cur.execute(
-        f"SELECT m.instance, m.key_id, m.data, m.meta FROM {tables.messages} m"
-        " JOIN unnest(%s::text[], %s::text[]) AS k(instance, key_id)"
-        " ON m.instance = k.instance AND m.key_id = k.key_id",
+        "WITH k AS MATERIALIZED"
+        " (SELECT * FROM unnest(%s::text[], %s::text[]) AS k(instance, key_id))"
+        f" SELECT m.instance, m.key_id, m.data, m.meta, NULL FROM {tables.messages} m"
+        " JOIN k ON m.instance = k.instance AND m.key_id = k.key_id"
+        f" UNION ALL SELECT h.instance, h.key_id, NULL, h.meta, h.held FROM {tables.holds} h"
+        " JOIN k ON h.instance = k.instance AND h.key_id = k.key_id",
         (instances, ids),
     )
-    states = {(i, k): MessageState(data, meta, ()) for i, k, data, meta in cur.fetchall()}
-    cur.execute(
-        f"SELECT h.instance, h.key_id, h.meta, h.held FROM {tables.holds} h"
-        " JOIN unnest(%s::text[], %s::text[]) AS k(instance, key_id)"
-        " ON h.instance = k.instance AND h.key_id = k.key_id",
-        (instances, ids),
-    )
-    for i, k, meta, held in cur.fetchall():
-        states.setdefault((i, k), MessageState(None, meta, tuple(held)))
+    states: dict[tuple[str, str], MessageState] = {}
+    for i, k, data, meta, held in cur.fetchall():
+        if held is None:
+            states[(i, k)] = MessageState(data, meta, ())
+        else:
+            states.setdefault((i, k), MessageState(None, meta, tuple(held)))
     return {**states, **pending}
 
 
