@@ -348,7 +348,10 @@ def _write_messages(
     """Write changed states; return each key's final public message (and its JSON)."""
     states, loaded, last_position = plan.states, plan.loaded, plan.last_position
     final: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
-    new_rows, rows, holds, released = [], [], [], []
+    new_rows: list[str] = []
+    rows: list[str] = []
+    holds: list[dict[str, Any]] = []
+    released: list[tuple[str, str]] = []
     media_ids = _media_ids(cur, states, plan.changed, batch, previous)
     for key in plan.changed:
         state = states[key]
