@@ -15,19 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # docs/research/deploy-semantics.md A2 (Railway's config-as-code reference).
 BUILD_FIELDS = {"builder", "buildCommand", "dockerfilePath", "watchPatterns", "railpackVersion"}
 DEPLOY_FIELDS = {
-    "startCommand",
-    "preDeployCommand",
-    "healthcheckPath",
-    "healthcheckTimeout",
-    "multiRegionConfig",
-    "numReplicas",
-    "restartPolicyType",
-    "restartPolicyMaxRetries",
-    "cronSchedule",
-    "sleepApplication",
-    "overlapSeconds",
-    "drainingSeconds",
-    "region",
+    "startCommand", "preDeployCommand", "healthcheckPath", "healthcheckTimeout",
+    "multiRegionConfig", "numReplicas", "restartPolicyType", "restartPolicyMaxRetries",
+    "cronSchedule", "sleepApplication", "overlapSeconds", "drainingSeconds", "region",
 }
 WEB, WORKER = ROOT / "railway.json", ROOT / "pipeline" / "railway.json"
 
@@ -63,31 +53,12 @@ def test_worker_has_no_health_check_no_migrations_and_drains_longer_than_it_stop
 IAC = ROOT / ".railway" / "railway.ts"
 # Railway's IaC reference (infrastructure-as-code/reference.md) and the CLI's migrate emitter.
 IAC_SERVICE_FIELDS = {
-    "source",
-    "build",
-    "start",
-    "healthcheck",
-    "healthcheckTimeout",
-    "replicas",
-    "preDeploy",
-    "env",
-    "domains",
-    "volumeMounts",
+    "source", "build", "start", "healthcheck", "healthcheckTimeout", "replicas", "preDeploy",
+    "env", "domains", "volumeMounts",
 }
 IAC_EXPORTS = {
-    "defineRailway",
-    "project",
-    "service",
-    "github",
-    "image",
-    "postgres",
-    "redis",
-    "mysql",
-    "mongo",
-    "volume",
-    "bucket",
-    "group",
-    "preserve",
+    "defineRailway", "project", "service", "github", "image", "postgres", "redis", "mysql",
+    "mongo", "volume", "bucket", "group", "preserve",
 }
 
 
