@@ -10,8 +10,9 @@
   very late outgoing message after more than 50 newer incoming ones leaves at most 50.
   The window is one string, "time#crc32 of key id" entries in order, joined by commas: each
   chat row is rewritten once per batch, and at this size it stays small enough to be stored
-  uncompressed (a list of [time, key id] pairs made chat upserts ~3x slower). Two messages
-  of one chat counted in the same second count once only if their key ids' CRC-32s differ.
+  uncompressed (a list of [time, key id] pairs made chat upserts ~3x slower). Two different
+  messages of one chat in the same second whose key ids share a CRC-32 (a 1 in 4 billion
+  chance) would count as one.
 - Name: a chats/contacts/groups event that names the chat wins, the last one applied; until
   one does, a direct chat takes the push name of its newest incoming message. Groups never
   take push names (those name the participant, not the group).
