@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Settings
 
@@ -25,6 +26,10 @@ def run(settings: Settings) -> int:
     tokens = _tokens()
     env = {**os.environ, **{k: v for k, v in tokens.items() if not os.environ.get(k)}}
     url = f"http://127.0.0.1:{settings.port}"
+    # A SIGTERM or SIGHUP (kill, a closed terminal, a process manager) stops the children the
+    # way Ctrl-C does, instead of leaving them running, holding the port, in their sessions.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _interrupt)
     children = {
         # Sessions of their own: Ctrl-C reaches only us, and each child then gets the SIGTERM
         # a deploy would send, and shuts down gracefully.
@@ -50,6 +55,10 @@ def run(settings: Settings) -> int:
             child.kill()
     failed = [n for n, c in children.items() if c.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed else 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _tokens() -> dict[str, str]:
