@@ -350,14 +350,19 @@ def _write_messages(
     final: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
     new_rows: list[str] = []
     rows: list[str] = []
-    holds: list[dict[str, Any]] = []
+    holds: list[str] = []
     released: list[tuple[str, str]] = []
     media_ids = _media_ids(cur, states, plan.changed, batch, previous)
     for key in plan.changed:
         state = states[key]
         if state.message is None:
             holds.append(
-                {"instance": key[0], "key_id": key[1], "meta": state.meta, "held": state.held}
+                _copy_line(
+                    _copy_text(key[0]),
+                    _copy_text(key[1]),
+                    _copy_json(dumps(state.meta)),
+                    _copy_json(dumps(list(state.held))),
+                )
             )
             continue
         message = state.message
@@ -386,24 +391,16 @@ def _write_messages(
     if new_rows:
         _copy(cur, tables.messages, columns, new_rows)
     if rows:
-        _copy(cur, _STAGE["messages"], columns, rows)
-        writes.execute(
-            f"WITH staged AS (DELETE FROM {_STAGE['messages']} RETURNING *)"
-            f" INSERT INTO {tables.messages} ({columns}) SELECT {columns} FROM staged"
-            " ON CONFLICT (instance, key_id) DO UPDATE SET chat_jid = EXCLUDED.chat_jid,"
-            " sent_at = EXCLUDED.sent_at, data = EXCLUDED.data, meta = EXCLUDED.meta,"
-            " position = EXCLUDED.position, updated_at = now()",
-            (),
-        )
+        _upsert(writes, tables.messages, "messages", columns, "instance, key_id", rows)
     if holds:
-        _write_rows(
+        _upsert(
             writes,
-            f"INSERT INTO {tables.holds} (instance, key_id, meta, held)"
-            " SELECT * FROM json_to_recordset(%s::json)"
-            " AS r(instance text, key_id text, meta jsonb, held jsonb)"
-            " ON CONFLICT (instance, key_id) DO UPDATE SET meta = EXCLUDED.meta,"
-            " held = EXCLUDED.held",
+            tables.holds,
+            "message_holds",
+            "instance, key_id, meta, held",
+            "instance, key_id",
             holds,
+            touch=False,
         )
     if released:
         instances, ids = _pairs(released)
@@ -487,15 +484,7 @@ def _write_chats(
         )
         for key in changed
     ]
-    _copy(writes.cursor, _STAGE["chats"], columns, rows)
-    writes.execute(
-        f"WITH staged AS (DELETE FROM {_STAGE['chats']} RETURNING *)"
-        f" INSERT INTO {tables.chats} ({columns}) SELECT {columns} FROM staged"
-        " ON CONFLICT (instance, chat_jid) DO UPDATE SET"
-        " last_message_at = EXCLUDED.last_message_at, data = EXCLUDED.data,"
-        " meta = EXCLUDED.meta, updated_at = now()",
-        (),
-    )
+    _upsert(writes, tables.chats, "chats", columns, "instance, chat_jid", rows)
     return texts
 
 
@@ -550,7 +539,11 @@ class _Writes:
 # from one JSON parameter: straight into the feed and new messages, and into these
 # per-session staging tables for the upserts, which move them out with DELETE ... RETURNING
 # (so a second batch in the same transaction starts from an empty stage).
-_STAGE = {"messages": "zapline_stage_messages", "chats": "zapline_stage_chats"}
+_STAGE = {
+    "messages": "zapline_stage_messages",
+    "message_holds": "zapline_stage_holds",
+    "chats": "zapline_stage_chats",
+}
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 
@@ -562,6 +555,33 @@ def _create_stages(cur: Any) -> None:
             " ON COMMIT DELETE ROWS;"
             for table, stage in _STAGE.items()
         )
+    )
+
+
+def _upsert(
+    writes: _Writes,
+    table: str,
+    like: str,
+    columns: str,
+    key: str,
+    lines: list[str],
+    *,
+    touch: bool = True,
+) -> None:
+    """Insert or update COPY lines in `table` (a `like` table or its shadow) on `key`.
+
+    The lines go to `like`'s stage now; the statement that moves them into `table` waits in
+    `writes`. `touch` sets `updated_at` on the rows it updates.
+    """
+    stage = _STAGE[like]
+    _copy(writes.cursor, stage, columns, lines)
+    updates = [f"{c} = EXCLUDED.{c}" for c in columns.split(", ") if c not in key.split(", ")]
+    writes.execute(
+        f"WITH staged AS (DELETE FROM {stage} RETURNING *)"
+        f" INSERT INTO {table} ({columns}) SELECT {columns} FROM staged"
+        f" ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(updates + (["updated_at = now()"] if touch else [])),
+        (),
     )
 
 
@@ -587,15 +607,6 @@ def _copy_json(text: str) -> str:
     """JSON text escaped for COPY: JSON never holds a raw tab, newline or carriage return,
     so doubling its backslashes is all it takes (and far cheaper than a character scan)."""
     return text.replace("\\", "\\\\")
-
-
-def _write_rows(cur: Any, sql: str, rows: list[dict[str, Any]]) -> None:
-    """Run an INSERT whose rows arrive as one JSON array (`json_to_recordset(%s::json)`).
-
-    One encoded parameter costs far less, on both sides, than quoting every value into a
-    long VALUES list.
-    """
-    cur.execute(sql, (dumps(rows),))
 
 
 def _restore(states: dict[Any, Any], before: dict[Any, Any]) -> None:

@@ -228,11 +228,9 @@ def test_a_window_stored_as_time_and_key_pairs_is_still_read() -> None:
     key = (INSTANCE, CHAT)
     old_window = [[m.message["timestamp"], k] for (_, k), m in sorted(message_states.items())]
     states[key] = ChatState(states[key].chat, {**states[key].meta, "unread": old_window})
-    [again] = [
-        messages.MessageChange(
-            "message.created", INSTANCE, "I1", message_states[(INSTANCE, "I1")].message
-        )
-    ]
+    again = messages.MessageChange(
+        "message.created", INSTANCE, "I1", message_states[(INSTANCE, "I1")].message
+    )
 
     assert chats.apply_message(states, again) == []
     project(

@@ -113,3 +113,24 @@ def test_batches_applied_in_one_transaction_each_write_their_own_rows(
         ("chat.updated", jid),
     ]
     assert sql(url, "SELECT data->>'unread_count' FROM chats") == [("2",)]
+
+
+def test_an_update_held_for_a_key_copy_treats_specially_is_applied_when_it_arrives(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    key_id, jid = "H\t\\N\n1", "5511999990000@s.whatsapp.net"
+    update = {"keyId": key_id, "remoteJid": jid, "status": "READ"}
+    _append(url, [{"event": "messages.update", "instance": "plain", "data": update}])
+    conn = psycopg2.connect(url)
+    runner.run_batch(conn)
+    [(instance, held_key, held)] = sql(url, "SELECT instance, key_id, held FROM message_holds")
+    assert (instance, held_key, len(held)) == ("plain", key_id, 1)
+
+    _append(url, [_upsert("plain", key_id, jid, AWKWARD, 1764460800)])
+    runner.run_batch(conn)
+    conn.close()
+    assert sql(url, "SELECT key_id, data->>'status', data->>'text' FROM messages") == [
+        (key_id, "read", AWKWARD)
+    ]
+    assert sql(url, "SELECT count(*) FROM message_holds") == [(0,)]
