@@ -352,7 +352,7 @@ def instrumented_catch_up(url: str, expected: int) -> tuple[int, float, Phases, 
         started = time.perf_counter()
         for _ in range(expected // runner.BATCH_SIZE + 10):
             t0 = time.perf_counter()
-            with conn.cursor() as cur:
+            with catchup.collector_paused(), conn.cursor() as cur:
                 runner._lock(cur, True)  # also selects the checkpoint row
                 txid, position = cur.fetchone()
                 t1 = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2
 import psycopg2.extras
@@ -28,8 +28,7 @@ class Appended:
     duplicate: bool
 
 
-@dataclass(frozen=True, order=True)
-class Cursor:
+class Cursor(NamedTuple):
     """A reader's place in the log: (writing transaction id, position), compared in that order."""
 
     txid: int = 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -42,6 +42,26 @@ def collect_garbage_less_often() -> None:
     """
     gc.freeze()
     gc.set_threshold(50_000, 10, 10)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Keep the cyclic garbage collector out of a batch, and collect what it left after.
+
+    Until a batch ends, ~100 of its objects per event are alive, so a collection in the
+    middle walks them all: even at a threshold of 50,000 that was 7-10% of catch-up's CPU.
+    Once it ends, reference counting has freed them and the young generations are nearly
+    empty. Uses in several threads at once leave the collector enabled after the first ends.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect(1)
 
 
 class Moved(Exception):
@@ -68,14 +88,15 @@ def catch_up(
     settle_until: float | None = None
     backlog = False
     while not should_stop():
-        if planner is not None and backlog:
-            done, cursor = _overlapped(conn, planner, wait, should_stop, after_commit)
-        else:
-            # Live traffic makes small batches: one connection answers them soonest.
-            batch = runner.run_batch(conn, limit=runner.BATCH_SIZE, wait=wait)
-            if batch.events:
-                after_commit(batch)
-            done, cursor = batch.events, batch.cursor
+        with collector_paused():
+            if planner is not None and backlog:
+                done, cursor = _overlapped(conn, planner, wait, should_stop, after_commit)
+            else:
+                # Live traffic makes small batches: one connection answers them soonest.
+                batch = runner.run_batch(conn, limit=runner.BATCH_SIZE, wait=wait)
+                if batch.events:
+                    after_commit(batch)
+                done, cursor = batch.events, batch.cursor
         backlog = done >= runner.BATCH_SIZE
         if done:
             total += done

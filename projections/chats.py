@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import bisect
 import zlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from events.event import Event
 from projections import payload as p
@@ -39,16 +38,14 @@ _CONTACT_EVENTS = frozenset({"contacts.upsert", "contacts.update"})
 _GROUP_EVENTS = frozenset({"groups.upsert", "groups.update"})
 
 
-@dataclass(frozen=True)
-class ChatState:
+class ChatState(NamedTuple):
     """The public chat and the bookkeeping needed to keep it right out of order."""
 
     chat: dict[str, Any]
     meta: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class ChatChange:
+class ChatChange(NamedTuple):
     """A chat as it is after one change."""
 
     kind: str

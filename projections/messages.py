@@ -13,8 +13,7 @@ touches, so states preloaded by the runner can be shared freely.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from events.event import Event
 from projections import payload as p
@@ -41,8 +40,7 @@ _EDIT_EVENTS = frozenset({"messages.edited", "send.message.update"})
 _FILLABLE = ("chat_jid", "sender", "push_name", "text", "caption", "timestamp", "quoted_key_id")
 
 
-@dataclass(frozen=True)
-class MessageState:
+class MessageState(NamedTuple):
     """What the projection knows about one key id: the message, merge bookkeeping, held ops."""
 
     message: dict[str, Any] | None
@@ -50,14 +48,17 @@ class MessageState:
     held: tuple[dict[str, Any], ...]
 
 
-@dataclass(frozen=True)
-class MessageChange:
+class MessageChange(NamedTuple):
     """A message as it is after one event changed it."""
 
     kind: str
     instance: str
     key_id: str
     message: dict[str, Any]
+
+
+# What an event does to a message: (its key id, the operation).
+Operation = tuple[str, dict[str, Any]]
 
 
 def targets(event: Event) -> list[str]:
@@ -69,16 +70,32 @@ def targets(event: Event) -> list[str]:
     return [read[0]] if read is not None else []
 
 
+def read(event: Event) -> Operation | None:
+    """Return what an event does, to which key id (within `event.instance`); None when it
+    changes no message.
+
+    Raises:
+        ValueError: the event is of a type we handle but its payload is structurally broken.
+    """
+    return _read(event, build=True)
+
+
 def apply(states: dict[tuple[str, str], MessageState], event: Event) -> list[MessageChange]:
     """Apply one event to `states` in place and return the message changes it makes.
 
     Raises:
         ValueError: the event is of a type we handle but its payload is structurally broken.
     """
-    read = _read(event, build=True)
-    if read is None:
+    return apply_operation(states, event, read(event))
+
+
+def apply_operation(
+    states: dict[tuple[str, str], MessageState], event: Event, operation: Operation | None
+) -> list[MessageChange]:
+    """Apply what `read(event)` returned to `states` in place; return the changes it makes."""
+    if operation is None:
         return []
-    key_id, op = read
+    key_id, op = operation
     skey = (event.instance, key_id)
     old = states.get(skey)
     if op["op"] == "message":
@@ -191,7 +208,7 @@ def _public_reactions(reactions: dict[str, list[Any]]) -> dict[str, list[str]]:
 # --- reading events ----------------------------------------------------------------------
 
 
-def _read(event: Event, *, build: bool) -> tuple[str, dict[str, Any]] | None:
+def _read(event: Event, *, build: bool) -> Operation | None:
     """Return (target key id, operation) for an event, or None when it changes no message."""
     etype = event.type
     if etype in _CONTENT_EVENTS:

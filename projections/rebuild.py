@@ -36,6 +36,7 @@ import psycopg2.extras
 
 from events.errors import ZaplineError
 from events.store import Cursor, read_after
+from projections.catchup import collector_paused
 from projections.runner import PROJECTION, FeedItem, Tables, append_feed, apply_events, lock_id
 
 log = logging.getLogger("zapline.rebuild")
@@ -213,7 +214,7 @@ def _build(
 ) -> int:
     """Apply batches to the shadow until it is within one batch of the live checkpoint."""
     while not should_stop():
-        with conn, conn.cursor() as cur:
+        with collector_paused(), conn, conn.cursor() as cur:
             # The shadow is rebuildable: a crash may lose its last batches, never their order.
             cur.execute("SET LOCAL synchronous_commit = off")
             applied = _apply_shadow_batch(cur, name, _live_checkpoint(cur), batch)

@@ -14,7 +14,7 @@ import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2.extras
 
@@ -36,8 +36,7 @@ FEED_KEEP_DAYS = 7
 FEED_KEEP_CHANGES = 100_000
 
 
-@dataclass(frozen=True)
-class FeedItem:
+class FeedItem(NamedTuple):
     """One change as clients receive it; `data_json` is `data` as stored in the feed."""
 
     instance: str
@@ -168,22 +167,35 @@ def plan_events(
 ) -> Plan:
     """Load the states `events` touch (`overlay` first) and apply the events to them."""
     parked: list[tuple[Event, str]] = []
-    targets = [[(e.instance, k) for k in messages.targets(e)] for e in events]
-    states = _load_messages(cur, {key for keys in targets for key in keys}, tables, overlay)
+    # Each event is read once: what it does, to which message.
+    operations: list[messages.Operation | None] = []
+    for event in events:
+        try:
+            operations.append(messages.read(event))
+        except Exception as error:
+            operations.append(None)
+            parked.append((event, _reason(error, park)))
+    keys = [
+        (e.instance, op[0]) if op is not None else None
+        for e, op in zip(events, operations, strict=True)
+    ]
+    states = _load_messages(cur, {key for key in keys if key is not None}, tables, overlay)
     loaded = dict(states)
     per_event: list[list[messages.MessageChange]] = []
     last_position: dict[tuple[str, str], int] = {}
-    for event, keys in zip(events, targets, strict=True):
-        before = {k: states.get(k) for k in keys}
+    for event, operation, key in zip(events, operations, keys, strict=True):
+        if key is None:
+            per_event.append([])
+            continue
+        before = states.get(key)
         try:
-            changes = messages.apply(states, event)
+            changes = messages.apply_operation(states, event, operation)
         except Exception as error:
-            _restore(states, before)
+            _restore(states, key, before)
             changes = []
             parked.append((event, _reason(error, park)))
         per_event.append(changes)
-        for key in keys:
-            last_position[key] = event.position
+        last_position[key] = event.position
 
     chat_keys = {(e.instance, jid) for e in events for jid in chats.targets(e)}
     chat_keys |= {(c.instance, c.message["chat_jid"]) for cs in per_event for c in cs}
@@ -288,9 +300,16 @@ def _lock(cur: Any, wait: bool) -> None:
     cur.execute(checkpoint, (PROJECTION,))
 
 
-def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+# Keys go to PostgreSQL as two JSON arrays of text, zipped back into rows by _KEYS: for 5,000
+# keys psycopg2 quotes two lists item by item in ~12 ms, orjson writes them in ~0.5 ms, and
+# the server unpacks them in half the time it takes to parse two array literals.
+_KEYS = "ROWS FROM (json_array_elements_text(%s::json), json_array_elements_text(%s::json))"
+
+
+def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[str, str]:
+    """(instances, second parts) of keys, as the two JSON arrays _KEYS takes."""
     keys = list(keys)
-    return [k[0] for k in keys], [k[1] for k in keys]
+    return dumps([k[0] for k in keys]), dumps([k[1] for k in keys])
 
 
 def _load_messages(
@@ -304,7 +323,7 @@ def _load_messages(
     # One statement for both tables: the keys are sent and parsed once.
     cur.execute(
         "WITH k AS MATERIALIZED"
-        " (SELECT * FROM unnest(%s::text[], %s::text[]) AS k(instance, key_id))"
+        f" (SELECT * FROM {_KEYS} AS k(instance, key_id))"
         f" SELECT m.instance, m.key_id, m.data, m.meta, NULL FROM {tables.messages} m"
         " JOIN k ON m.instance = k.instance AND m.key_id = k.key_id"
         f" UNION ALL SELECT h.instance, h.key_id, NULL, h.meta, h.held FROM {tables.holds} h"
@@ -330,7 +349,7 @@ def _load_chats(
     instances, jids = _pairs(keys)
     cur.execute(
         f"SELECT c.instance, c.chat_jid, c.data, c.meta FROM {tables.chats} c"
-        " JOIN unnest(%s::text[], %s::text[]) AS k(instance, chat_jid)"
+        f" JOIN {_KEYS} AS k(instance, chat_jid)"
         " ON c.instance = k.instance AND c.chat_jid = k.chat_jid",
         (instances, jids),
     )
@@ -405,7 +424,7 @@ def _write_messages(
     if released:
         instances, ids = _pairs(released)
         writes.execute(
-            f"DELETE FROM {tables.holds} h USING unnest(%s::text[], %s::text[]) AS k(i, id)"
+            f"DELETE FROM {tables.holds} h USING {_KEYS} AS k(i, id)"
             " WHERE h.instance = k.i AND h.key_id = k.id",
             (instances, ids),
         )
@@ -609,12 +628,11 @@ def _copy_json(text: str) -> str:
     return text.replace("\\", "\\\\")
 
 
-def _restore(states: dict[Any, Any], before: dict[Any, Any]) -> None:
-    for key, state in before.items():
-        if state is None:
-            states.pop(key, None)
-        else:
-            states[key] = state
+def _restore(states: dict[Any, Any], key: Any, state: Any) -> None:
+    if state is None:
+        states.pop(key, None)
+    else:
+        states[key] = state
 
 
 def _reason(error: Exception, park: bool) -> str:
