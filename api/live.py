@@ -30,7 +30,7 @@ from api.server import PRECHECK
 from api.tokens import ApiAuth
 from events.errors import ZaplineError
 from events.pool import Pool
-from pipeline.fanout import CHANNEL_PREFIX
+from pipeline.fanout import CHANNEL_PREFIX, frames
 
 log = logging.getLogger("zapline.live")
 
@@ -186,11 +186,11 @@ class Hub:
         subs = self._subscribers.get(instance)
         if not subs:
             return
-        text = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
-        item = (int(json.loads(text)["cursor"]), text)
-        self._heads[instance] = max(item[0], self._heads.get(instance, 0))
+        items = frames(message["data"])
+        self._heads[instance] = max(items[-1][0], self._heads.get(instance, 0))
         for sub in list(subs):
-            sub.offer(item)
+            for item in items:
+                sub.offer(item)
 
     def _wake_all(self) -> None:
         for subs in list(self._subscribers.values()):

@@ -9,8 +9,9 @@ Run from the repository root:
    - the ceiling: reads and decodes those events with the runner's gap-safe query
      (`read_after`, batches of 1000, a Cursor advancing), applying and writing nothing;
    - `catchup.catch_up(conn, planner)` from checkpoint 0 in this process, as the worker runs
-     it: the next batch is planned on a second connection while the previous one commits
-     (the garbage collector is set as a worker process sets it when it boots);
+     it: the next batch is planned on a second connection while the previous one commits,
+     and each committed batch's feed is published to Redis for live sockets (the garbage
+     collector is set as a worker process sets it when it boots);
    - the same on one connection, batch after batch (projection emptied first);
    - a second, instrumented catch-up (projection tables emptied, checkpoint back to 0): a
      copy of `run_batch` that times lock + checkpoint, `read_after`, `apply_events` (split
@@ -50,6 +51,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,6 +78,7 @@ from common import (  # noqa: E402
 from events.pool import Pool  # noqa: E402
 from events.store import Cursor, EventStore, read_after  # noqa: E402
 from events.webhook import parse_webhook  # noqa: E402
+from pipeline import fanout  # noqa: E402
 from projections import catchup, runner  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -84,6 +87,7 @@ FIXTURE = (
     ROOT.parent / "shared" / "fixtures" / "evolution" / "messages.upsert__conversation__1.json"
 )
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/zapline_bench_projection"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 TARGET_CATCH_UP = 15_000.0  # events/s, at least
 TARGET_P50_MS = 20.0  # under
@@ -252,14 +256,21 @@ def timed_catch_up(url: str, usage: Usage, *, overlapped: bool) -> tuple[int, fl
     """(events, seconds); connections close after the CPU is counted (an exited backend's
     ticks are lost)."""
     conn, planner = connect(url), connect(url)
+    client = redis.Redis.from_url(REDIS_URL)
     try:
         with measure_usage(usage):
             started = time.perf_counter()
-            total = catchup.catch_up(conn, planner if overlapped else None)
+            total = catchup.catch_up(
+                conn,
+                planner if overlapped else None,
+                # As the worker does after each commit.
+                after_commit=lambda batch: fanout.publish(client, batch.feed),
+            )
             return total, time.perf_counter() - started
     finally:
         conn.close()
         planner.close()
+        client.close()
 
 
 @dataclass

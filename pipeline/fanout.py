@@ -6,11 +6,17 @@ web process from the feed table (api/live.py fills gaps), so losing Redis loses 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from typing import Any
 
 CHANNEL_PREFIX = "zapline:feed:"
+# Frames travel in messages of up to this many, one per line (JSON text never holds a raw
+# newline). A catch-up batch makes thousands of frames, and one PUBLISH each cost the worker
+# ~17 us of CPU per event: a quarter of what projecting the event costs.
+FRAMES_PER_MESSAGE = 500
+_CURSOR_AT = len('{"cursor":')
 
 
 def channel(instance: str) -> str:
@@ -21,20 +27,44 @@ def channel(instance: str) -> str:
 def frame(cursor: int, kind: str, instance: str, data_json: str) -> str:
     """A feed change as clients receive it (contract "Live push"), `data` already JSON."""
     return (
-        f'{{"cursor":{cursor},"type":{json.dumps(kind)},'
-        f'"instance":{json.dumps(instance)},"data":{data_json}}}'
+        f'{{"cursor":{cursor},"type":{_quoted(kind)},'
+        f'"instance":{_quoted(instance)},"data":{data_json}}}'
     )
 
 
+def frames(message: str | bytes) -> list[tuple[int, str]]:
+    """The (cursor, frame) pairs of a published message, in order.
+
+    Raises:
+        ValueError: a line is not a frame made by `frame`.
+    """
+    text = message.decode() if isinstance(message, bytes) else message
+    found = []
+    for line in text.split("\n"):
+        if not line.startswith('{"cursor":'):
+            raise ValueError(f"not a feed frame: {line[:40]!r}")
+        found.append((int(line[_CURSOR_AT : line.index(",", _CURSOR_AT)]), line))
+    return found
+
+
 def publish(client: Any, items: Iterable[Any]) -> int:
-    """Publish feed items (.instance, .cursor, .kind, .data_json) in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    count = 0
+    """Publish feed items (.instance, .cursor, .kind, .data_json) in one round trip; return
+    how many. Each instance's frames go in order, FRAMES_PER_MESSAGE to a message."""
+    lines: dict[str, list[str]] = {}
     for item in items:
-        pipe.publish(
-            channel(item.instance), frame(item.cursor, item.kind, item.instance, item.data_json)
+        lines.setdefault(item.instance, []).append(
+            frame(item.cursor, item.kind, item.instance, item.data_json)
         )
-        count += 1
-    if count:
-        pipe.execute()
-    return count
+    if not lines:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for instance, framed in lines.items():
+        for start in range(0, len(framed), FRAMES_PER_MESSAGE):
+            pipe.publish(channel(instance), "\n".join(framed[start : start + FRAMES_PER_MESSAGE]))
+    pipe.execute()
+    return sum(len(framed) for framed in lines.values())
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted(text: str) -> str:
+    return json.dumps(text)
