@@ -1,9 +1,10 @@
 """Catching a projection up: batch after batch until no event is left.
 
-Given a second connection, the next batch is read and planned on it while the previous one
-is written and committed on the first, so Python's share of the work (decoding, projecting,
-encoding) and PostgreSQL's (storing rows and the feed) run at the same time. That stays
-exactly-once because:
+Given a second connection, the next batch is read, planned and rendered (turned into COPY
+lines) on it while the previous one is written and committed on the first, so Python's share
+of the work (decoding, projecting, encoding) and PostgreSQL's (storing rows and the feed) run
+at the same time: the writing thread has little Python left to wait for the other thread's
+turn with the interpreter lock. That stays exactly-once because:
 
 - the writing connection holds the projection's lock for the whole run (released at least
   every HOLD_SECONDS), so no other runner, replay or media update writes projection rows
@@ -24,7 +25,7 @@ from typing import Any
 
 from events.store import Cursor, read_after
 from projections import runner
-from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Plan
+from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Rendered
 
 # How long one run keeps the projection's lock before letting others (media updates, replay)
 # have a turn.
@@ -135,13 +136,16 @@ def _overlapped(
                         if not read:
                             break
                         plan = runner.plan_events(cur, [e for _, e in read], overlay=overlay)
+                    rendered = runner.render(plan)
                     if pending is not None:
                         batch, pending = pending.result(), None
                         total += batch.events
                         written = batch.written
                         after_commit(batch)
                     end = read[-1][0]
-                    pending = pool.submit(_commit, writer, plan, cursor, end, len(read), written)
+                    pending = pool.submit(
+                        _commit, writer, rendered, cursor, end, len(read), written
+                    )
                     overlay, cursor = plan.overlay(), end
             finally:
                 if pending is not None:
@@ -155,7 +159,7 @@ def _overlapped(
 
 def _commit(
     conn: Any,
-    plan: Plan,
+    rendered: Rendered,
     start: Cursor,
     end: Cursor,
     events: int,
@@ -169,7 +173,7 @@ def _commit(
         found = Cursor(*cur.fetchone())
         if found != start:
             raise Moved(f"checkpoint at {found}, expected {start}")
-        batch = runner.write_plan(cur, plan, written_before=written_before)
+        batch = runner.write_rendered(cur, rendered, written_before=written_before)
         cur.execute(
             "UPDATE checkpoints SET txid = %s, position = %s, updated_at = now()"
             " WHERE projection = %s",

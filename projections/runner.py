@@ -236,33 +236,190 @@ def write_plan(
     from its overlay before it committed: the stored form (media id merged) is what a change
     is compared with.
     """
+    return write_rendered(cur, render(plan), tables, written_before)
+
+
+@dataclass
+class Rendered:
+    """A plan as COPY lines and feed changes, made before its transaction: all the Python
+    work of writing it, so the thread that writes mostly waits for PostgreSQL.
+
+    `deferred` are the messages whose media has no id yet: the transaction gets it from the
+    `media` table (or from what the batch before stored) and renders them then.
+    """
+
+    plan: Plan
+    new_rows: list[str] = field(default_factory=list)  # messages with no row yet
+    rows: list[str] = field(default_factory=list)  # messages to upsert
+    holds: list[str] = field(default_factory=list)
+    released: list[tuple[str, str]] = field(default_factory=list)  # holds to delete
+    chats: list[str] = field(default_factory=list)
+    feed: list[_Change] = field(default_factory=list)
+    chat_feed: list[_Change] = field(default_factory=list)
+    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    deferred: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Change(NamedTuple):
+    """A feed change waiting for its cursor; `tail` is its COPY line after the cursor."""
+
+    kind: str
+    key: tuple[str, str]
+    data: dict[str, Any]
+    text: str
+    tail: str
+
+
+def render(plan: Plan) -> Rendered:
+    """Make a plan's COPY lines and feed changes; no database."""
+    out = Rendered(plan)
+    for key in plan.changed:
+        state = plan.states[key]
+        if state.message is None:
+            out.holds.append(
+                _copy_line(
+                    _copy_text(key[0]),
+                    _copy_text(key[1]),
+                    _copy_json(dumps(state.meta)),
+                    _copy_json(dumps(list(state.held))),
+                )
+            )
+            continue
+        media = state.message.get("media")
+        if media is not None and media.get("id") is None:
+            out.deferred.append(key)
+        else:
+            _render_message(out, key, state.message, {})
+    for key in plan.changed_chats:
+        chat = plan.chat_states[key].chat
+        text = dumps(chat)
+        out.chats.append(
+            _copy_line(
+                _copy_text(key[0]),
+                _copy_text(key[1]),
+                _copy_text(chat["last_message_at"]),
+                _copy_json(text),
+                _copy_json(dumps(plan.chat_states[key].meta)),
+            )
+        )
+        old = plan.chat_loaded.get(key)
+        if old is None or old.chat != chat:
+            out.chat_feed.append(_change("chat.updated", key, chat, text))
+    return out
+
+
+def write_rendered(
+    cur: Any,
+    rendered: Rendered,
+    tables: Tables = LIVE,
+    written_before: dict[tuple[str, str], dict[str, Any]] | None = None,
+) -> Batch:
+    """Write what `render` made, and its deferred messages, inside the caller's transaction.
+
+    `written_before` holds the messages the previous batch wrote, when this plan was made
+    from its overlay before it committed: the stored form (media id merged) is what a change
+    is compared with.
+    """
+    plan = rendered.plan
     batch = Batch()
     _create_stages(cur)
     for event, reason in plan.parked:
         _park(cur, event, reason, batch, tables)
-    # Within a batch only each key's final state reaches the feed: it carries the whole row.
+    late = Rendered(plan)
+    if rendered.deferred:
+        previous = written_before or {}
+        stored = {key: _media_of(previous.get(key)) for key in rendered.deferred}
+        wanted = [key for key in rendered.deferred if stored[key].get("id") is None]
+        found = _media_ids(cur, plan.states, wanted, batch)
+        for key in rendered.deferred:
+            media_id, status = (
+                found[key] if key in found else (stored[key]["id"], stored[key]["status"])
+            )
+            message = plan.states[key].message
+            assert message is not None
+            media = {**message["media"], "id": media_id, "status": status}
+            _render_message(late, key, {**message, "media": media}, previous)
+    batch.written = {**rendered.written, **late.written}
     writes = _Writes(cur)
-    previous = written_before or {}
-    final = _write_messages(cur, writes, plan, batch, tables, previous)
-    batch.written = {k: message for k, (message, _) in final.items()}
-    chat_json = _write_chats(writes, plan.chat_states, plan.changed_chats, tables)
+    columns = "instance, key_id, chat_jid, sent_at, data, meta, position"
+    if rendered.new_rows or late.new_rows:
+        _copy(cur, tables.messages, columns, rendered.new_rows + late.new_rows)
+    if rendered.rows or late.rows:
+        _upsert(
+            writes,
+            tables.messages,
+            "messages",
+            columns,
+            "instance, key_id",
+            rendered.rows + late.rows,
+        )
+    if rendered.holds:
+        _upsert(
+            writes,
+            tables.holds,
+            "message_holds",
+            "instance, key_id, meta, held",
+            "instance, key_id",
+            rendered.holds,
+            touch=False,
+        )
+    if rendered.released or late.released:
+        instances, ids = _pairs(rendered.released + late.released)
+        writes.execute(
+            f"DELETE FROM {tables.holds} h USING {_KEYS} AS k(i, id)"
+            " WHERE h.instance = k.i AND h.key_id = k.id",
+            (instances, ids),
+        )
+    if rendered.chats:
+        _upsert(
+            writes,
+            tables.chats,
+            "chats",
+            "instance, chat_jid, last_message_at, data, meta",
+            "instance, chat_jid",
+            rendered.chats,
+        )
     writes.send()
-    items = []
-    for k in plan.changed:
-        if k not in final:
-            continue
-        old = previous[k] if k in previous else _message_of(plan.loaded.get(k))
-        if old != final[k][0]:
-            kind = "message.created" if k in plan.created else "message.updated"
-            items.append((kind, k, *final[k]))
-    items += [
-        ("chat.updated", k, plan.chat_states[k].chat, chat_json[k])
-        for k in plan.changed_chats
-        if k not in plan.chat_loaded or plan.chat_loaded[k].chat != plan.chat_states[k].chat
-    ]
     if tables.feed:
-        batch.feed = append_feed(cur, items)
+        batch.feed = _append_feed(cur, rendered.feed + late.feed + rendered.chat_feed)
     return batch
+
+
+def _render_message(
+    out: Rendered,
+    key: tuple[str, str],
+    message: dict[str, Any],
+    previous: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    """Add a message's row, and its feed change if it differs from what is stored (what
+    `previous` holds, else what was loaded)."""
+    plan = out.plan
+    text = dumps(message)
+    out.written[key] = message
+    old = plan.loaded.get(key)
+    # A key loaded without a message has no messages row, and none can appear before this
+    # commit: every writer of messages rows holds the projection's lock.
+    (out.new_rows if old is None or old.message is None else out.rows).append(
+        _copy_line(
+            _copy_text(key[0]),
+            _copy_text(key[1]),
+            _copy_text(message["chat_jid"]),
+            _copy_text(message["timestamp"]),
+            _copy_json(text),
+            _copy_json(dumps(plan.states[key].meta)),
+            str(plan.last_position.get(key, 0)),
+        )
+    )
+    if old is not None and old.message is None:
+        out.released.append(key)
+    stored = previous[key] if key in previous else _message_of(old)
+    if stored != message:
+        kind = "message.created" if key in plan.created else "message.updated"
+        out.feed.append(_change(kind, key, message, text))
+
+
+def _media_of(message: dict[str, Any] | None) -> dict[str, Any]:
+    return (message or {}).get("media") or {}
 
 
 def _message_of(state: MessageState | None) -> dict[str, Any] | None:
@@ -356,108 +513,20 @@ def _load_chats(
     return {**{(i, j): ChatState(data, meta) for i, j, data, meta in cur.fetchall()}, **pending}
 
 
-def _write_messages(
-    cur: Any,
-    writes: _Writes,
-    plan: Plan,
-    batch: Batch,
-    tables: Tables,
-    previous: dict[tuple[str, str], dict[str, Any]],
-) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
-    """Write changed states; return each key's final public message (and its JSON)."""
-    states, loaded, last_position = plan.states, plan.loaded, plan.last_position
-    final: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
-    new_rows: list[str] = []
-    rows: list[str] = []
-    holds: list[str] = []
-    released: list[tuple[str, str]] = []
-    media_ids = _media_ids(cur, states, plan.changed, batch, previous)
-    for key in plan.changed:
-        state = states[key]
-        if state.message is None:
-            holds.append(
-                _copy_line(
-                    _copy_text(key[0]),
-                    _copy_text(key[1]),
-                    _copy_json(dumps(state.meta)),
-                    _copy_json(dumps(list(state.held))),
-                )
-            )
-            continue
-        message = state.message
-        if key in media_ids:
-            media_id, status = media_ids[key]
-            message = {**message, "media": {**message["media"], "id": media_id, "status": status}}
-        text = dumps(message)
-        final[key] = (message, text)
-        old = loaded.get(key)
-        # A key loaded without a message has no messages row, and none can appear before
-        # this commit: every writer of messages rows holds the projection's lock.
-        (new_rows if old is None or old.message is None else rows).append(
-            _copy_line(
-                _copy_text(key[0]),
-                _copy_text(key[1]),
-                _copy_text(message["chat_jid"]),
-                _copy_text(message["timestamp"]),
-                _copy_json(text),
-                _copy_json(dumps(state.meta)),
-                str(last_position.get(key, 0)),
-            )
-        )
-        if old is not None and old.message is None:
-            released.append(key)
-    columns = "instance, key_id, chat_jid, sent_at, data, meta, position"
-    if new_rows:
-        _copy(cur, tables.messages, columns, new_rows)
-    if rows:
-        _upsert(writes, tables.messages, "messages", columns, "instance, key_id", rows)
-    if holds:
-        _upsert(
-            writes,
-            tables.holds,
-            "message_holds",
-            "instance, key_id, meta, held",
-            "instance, key_id",
-            holds,
-            touch=False,
-        )
-    if released:
-        instances, ids = _pairs(released)
-        writes.execute(
-            f"DELETE FROM {tables.holds} h USING {_KEYS} AS k(i, id)"
-            " WHERE h.instance = k.i AND h.key_id = k.id",
-            (instances, ids),
-        )
-    return final
-
-
 def _media_ids(
     cur: Any,
     states: dict[tuple[str, str], MessageState],
-    changed: list[tuple[str, str]],
+    keys: list[tuple[str, str]],
     batch: Batch,
-    previous: dict[tuple[str, str], dict[str, Any]],
 ) -> dict[tuple[str, str], tuple[int, str]]:
     """Create (or find) the media rows of messages whose media has no id yet, in one go.
 
-    Ids the previous batch just wrote are taken from `previous`: an upsert would find the
-    same row, but burn an identity value each time.
+    Ids the previous batch just wrote are not asked for again: an upsert would find the same
+    row, but burn an identity value each time.
     """
-    known: dict[tuple[str, str], tuple[int, str]] = {}
-    wanted = []
-    for key in changed:
-        message = states[key].message
-        if message is None or message.get("media") is None:
-            continue
-        if message["media"].get("id") is not None:
-            continue
-        stored = (previous.get(key) or {}).get("media") or {}
-        if stored.get("id") is not None:
-            known[key] = (stored["id"], stored["status"])
-        else:
-            wanted.append((key, message["media"]))
-    if not wanted:
-        return known
+    if not keys:
+        return {}
+    media = [_media_of(states[key].message) for key in keys]
     cur.execute(
         "INSERT INTO media (instance, key_id, mimetype, size, sha256)"
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])"
@@ -467,14 +536,14 @@ def _media_ids(
         " sha256 = coalesce(media.sha256, EXCLUDED.sha256)"
         " RETURNING instance, key_id, id, status, (xmax = 0)",
         (
-            [key[0] for key, _ in wanted],
-            [key[1] for key, _ in wanted],
-            [media.get("mimetype") for _, media in wanted],
-            [media.get("size") for _, media in wanted],
-            [media.get("sha256") for _, media in wanted],
+            [key[0] for key in keys],
+            [key[1] for key in keys],
+            [m.get("mimetype") for m in media],
+            [m.get("size") for m in media],
+            [m.get("sha256") for m in media],
         ),
     )
-    found = known
+    found = {}
     for instance, key_id, media_id, status, inserted in cur.fetchall():
         found[(instance, key_id)] = (media_id, status)
         if inserted:
@@ -482,40 +551,24 @@ def _media_ids(
     return found
 
 
-def _write_chats(
-    writes: _Writes,
-    states: dict[tuple[str, str], ChatState],
-    changed: list[tuple[str, str]],
-    tables: Tables,
-) -> dict[tuple[str, str], str]:
-    """Write changed chats; return each one's public JSON."""
-    texts = {key: dumps(states[key].chat) for key in changed}
-    if not changed:
-        return texts
-    columns = "instance, chat_jid, last_message_at, data, meta"
-    rows = [
-        _copy_line(
-            _copy_text(key[0]),
-            _copy_text(key[1]),
-            _copy_text(states[key].chat["last_message_at"]),
-            _copy_json(texts[key]),
-            _copy_json(dumps(states[key].meta)),
-        )
-        for key in changed
-    ]
-    _upsert(writes, tables.chats, "chats", columns, "instance, chat_jid", rows)
-    return texts
-
-
 def append_feed(
     cur: Any, items: list[tuple[str, tuple[str, str], dict[str, Any], str]]
 ) -> list[FeedItem]:
     """Give each change (kind, key, data, data as JSON) the next cursor of its instance and
     store it in the feed."""
-    if not items:
+    return _append_feed(cur, [_change(*item) for item in items])
+
+
+def _change(kind: str, key: tuple[str, str], data: dict[str, Any], text: str) -> _Change:
+    return _Change(kind, key, data, text, f"{kind}\t{_copy_text(key[1])}\t{_copy_json(text)}\n")
+
+
+def _append_feed(cur: Any, changes: list[_Change]) -> list[FeedItem]:
+    if not changes:
         return []
     counts: dict[str, int] = {}
-    for _, (instance, _), _, _ in items:
+    for change in changes:
+        instance = change.key[0]
         counts[instance] = counts.get(instance, 0) + 1
     # The feed_heads row stays locked until commit: cursors become visible in commit order.
     psycopg2.extras.execute_values(
@@ -526,14 +579,14 @@ def append_feed(
         page_size=1000,
     )
     next_cursor = {instance: head - counts[instance] + 1 for instance, head in cur.fetchall()}
+    escaped = {instance: _copy_text(instance) for instance in counts}
     feed, rows = [], []
-    for kind, (instance, key), data, text in items:
+    for kind, key, data, text, tail in changes:
+        instance = key[0]
         cursor = next_cursor[instance]
         next_cursor[instance] += 1
         feed.append(FeedItem(instance, cursor, kind, data, text))
-        rows.append(
-            _copy_line(_copy_text(instance), str(cursor), kind, _copy_text(key), _copy_json(text))
-        )
+        rows.append(f"{escaped[instance]}\t{cursor}\t{tail}")
     _copy(cur, "feed", "instance, cursor, kind, key, data", rows)
     return feed
 
