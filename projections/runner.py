@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import psycopg2.extensions
 import psycopg2.extras
 
 from events.event import Event
@@ -658,8 +659,14 @@ def _upsert(
 
 
 def _copy(cur: Any, table: str, columns: str, lines: list[str]) -> None:
-    """COPY lines made by `_copy_line` into `table`."""
-    cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", io.StringIO("".join(lines)))
+    """COPY lines made by `_copy_line` into `table`.
+
+    Encoded once and sent in large chunks: psycopg2 reads a text file 8 KB at a time and
+    encodes each piece, which took ~2.5x the CPU for a batch's feed rows.
+    """
+    codec = psycopg2.extensions.encodings[cur.connection.encoding]
+    data = io.BytesIO("".join(lines).encode(codec))
+    cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", data, size=1 << 20)
 
 
 def _copy_line(*fields: str) -> str:
