@@ -237,7 +237,7 @@ def write_plan(
     from its overlay before it committed: the stored form (media id merged) is what a change
     is compared with.
     """
-    return write_rendered(cur, render(plan), tables, written_before)
+    return write_rendered(cur, render(plan, feed=tables.feed), tables, written_before)
 
 
 @dataclass
@@ -250,6 +250,7 @@ class Rendered:
     """
 
     plan: Plan
+    feed_wanted: bool = True  # false for a rebuild's shadow, which writes no feed
     new_rows: list[str] = field(default_factory=list)  # messages with no row yet
     rows: list[str] = field(default_factory=list)  # messages to upsert
     holds: list[str] = field(default_factory=list)
@@ -271,9 +272,9 @@ class _Change(NamedTuple):
     tail: str
 
 
-def render(plan: Plan) -> Rendered:
-    """Make a plan's COPY lines and feed changes; no database."""
-    out = Rendered(plan)
+def render(plan: Plan, *, feed: bool = True) -> Rendered:
+    """Make a plan's COPY lines and (unless `feed` is false) feed changes; no database."""
+    out = Rendered(plan, feed)
     for key in plan.changed:
         state = plan.states[key]
         if state.message is None:
@@ -304,7 +305,7 @@ def render(plan: Plan) -> Rendered:
             )
         )
         old = plan.chat_loaded.get(key)
-        if old is None or old.chat != chat:
+        if feed and (old is None or old.chat != chat):
             out.chat_feed.append(_change("chat.updated", key, chat, text))
     return out
 
@@ -326,7 +327,7 @@ def write_rendered(
     _create_stages(cur)
     for event, reason in plan.parked:
         _park(cur, event, reason, batch, tables)
-    late = Rendered(plan)
+    late = Rendered(plan, rendered.feed_wanted)
     if rendered.deferred:
         previous = written_before or {}
         stored = {key: _media_of(previous.get(key)) for key in rendered.deferred}
@@ -413,6 +414,8 @@ def _render_message(
     )
     if old is not None and old.message is None:
         out.released.append(key)
+    if not out.feed_wanted:
+        return
     stored = previous[key] if key in previous else _message_of(old)
     if stored != message:
         kind = "message.created" if key in plan.created else "message.updated"
