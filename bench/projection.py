@@ -330,9 +330,9 @@ class TimingCursor:
         self._cur.execute(sql, params)
         self._phases.add(_statement_name(sql), time.perf_counter() - started)
 
-    def copy_expert(self, sql: str, file: Any) -> None:
+    def copy_expert(self, sql: str, file: Any, size: int = 8192) -> None:
         started = time.perf_counter()
-        self._cur.copy_expert(sql, file)
+        self._cur.copy_expert(sql, file, size=size)
         self._phases.add(_statement_name(sql), time.perf_counter() - started)
 
     def mogrify(self, sql: Any, params: Any = None) -> bytes:

@@ -155,7 +155,8 @@ def apply_events(
     An event whose projection raises is parked with its error (or, with park=False, its
     error is re-raised) and the others go on. `tables` says where rows are read and written.
     """
-    return write_plan(cur, plan_events(cur, events, park=park, tables=tables), tables)
+    plan = plan_events(cur, events, park=park, tables=tables)
+    return write_rendered(cur, render(plan, feed=tables.feed), tables)
 
 
 def plan_events(
@@ -223,21 +224,6 @@ def plan_events(
         changed_chats=[k for k in chat_states if chat_states[k] is not chat_loaded.get(k)],
         parked=parked,
     )
-
-
-def write_plan(
-    cur: Any,
-    plan: Plan,
-    tables: Tables = LIVE,
-    written_before: dict[tuple[str, str], dict[str, Any]] | None = None,
-) -> Batch:
-    """Write a plan's rows, parked events and feed changes inside the caller's transaction.
-
-    `written_before` holds the messages the previous batch wrote, when this plan was made
-    from its overlay before it committed: the stored form (media id merged) is what a change
-    is compared with.
-    """
-    return write_rendered(cur, render(plan, feed=tables.feed), tables, written_before)
 
 
 @dataclass
