@@ -61,25 +61,6 @@ class MessageChange(NamedTuple):
 Operation = tuple[str, dict[str, Any]]
 
 
-def targets(event: Event) -> list[str]:
-    """Return the key ids (within `event.instance`) this event reads or writes."""
-    try:
-        read = _read(event, build=False)
-    except ValueError:
-        return []  # apply() raises for it, so the runner parks it with the reason
-    return [read[0]] if read is not None else []
-
-
-def read(event: Event) -> Operation | None:
-    """Return what an event does, to which key id (within `event.instance`); None when it
-    changes no message.
-
-    Raises:
-        ValueError: the event is of a type we handle but its payload is structurally broken.
-    """
-    return _read(event, build=True)
-
-
 def apply(states: dict[tuple[str, str], MessageState], event: Event) -> list[MessageChange]:
     """Apply one event to `states` in place and return the message changes it makes.
 
@@ -208,11 +189,16 @@ def _public_reactions(reactions: dict[str, list[Any]]) -> dict[str, list[str]]:
 # --- reading events ----------------------------------------------------------------------
 
 
-def _read(event: Event, *, build: bool) -> Operation | None:
-    """Return (target key id, operation) for an event, or None when it changes no message."""
+def read(event: Event) -> Operation | None:
+    """Return what an event does, to which key id (within `event.instance`); None when it
+    changes no message.
+
+    Raises:
+        ValueError: the event is of a type we handle but its payload is structurally broken.
+    """
     etype = event.type
     if etype in _CONTENT_EVENTS:
-        return _read_content(event, build)
+        return _read_content(event)
     if etype == "messages.update":
         return _read_status(event)
     if etype in _EDIT_EVENTS:
@@ -231,7 +217,7 @@ def _read(event: Event, *, build: bool) -> Operation | None:
     return None
 
 
-def _read_content(event: Event, build: bool) -> tuple[str, dict[str, Any]] | None:
+def _read_content(event: Event) -> Operation | None:
     data = _data(event)
     key = data.get("key")
     if not isinstance(key, dict):
@@ -248,8 +234,6 @@ def _read_content(event: Event, build: bool) -> tuple[str, dict[str, Any]] | Non
         return _read_protocol(event, data, proto) if proto is not None else None
     if content_key == "pollUpdateMessage":
         return None  # a vote, not a message; Evolution reports votes on messages.update
-    if not build:
-        return key_id, {"op": "message"}
     return key_id, {
         "op": "message",
         "message": _build(event, data, key, key_id, content_key, value),

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from events.event import Event
 from projections import messages
 from projections.messages import MessageState
 from tests.projections.conftest import (
@@ -31,6 +32,12 @@ from tests.projections.conftest import (
 )
 
 # --- statuses --------------------------------------------------------------------------
+
+
+def targets(event: Event) -> list[str]:
+    """The key ids an event reads or writes, as the runner loads them."""
+    operation = messages.read(event)
+    return [operation[0]] if operation is not None else []
 
 
 def test_late_delivery_ack_never_undoes_read() -> None:
@@ -84,7 +91,7 @@ def test_deleted_status_is_ignored() -> None:
     states, _ = run([upsert("K1", from_me=True, status="SERVER_ACK")])
     before = dict(states)
 
-    assert messages.targets(deleted) == []
+    assert targets(deleted) == []
     assert messages.apply(states, deleted) == []
     assert states == before
     # and before its message: nothing is held for it either
@@ -95,7 +102,7 @@ def test_deleted_status_is_ignored() -> None:
 
 def test_real_delivery_ack_fixture_targets_its_key_id() -> None:
     update = fixture_event("messages.update__DELIVERY_ACK__1.json")
-    assert messages.targets(update) == ["3EB06664456CEB540ACCEB31333296464363194A"]
+    assert targets(update) == ["3EB06664456CEB540ACCEB31333296464363194A"]
 
 
 # --- operations before their message -----------------------------------------------------
@@ -227,7 +234,7 @@ def test_numeric_revoke_and_edit_types_are_understood() -> None:
 )
 def test_messages_delete_marks_the_target_deleted(data: dict) -> None:
     removal = envelope("messages.delete", data)
-    assert messages.targets(removal) == ["K1"]
+    assert targets(removal) == ["K1"]
 
     states, _ = run([upsert("K1", "bye"), removal])
     assert message_of(states, "K1")["deleted"] is True
@@ -266,7 +273,7 @@ def test_older_upserts_carrying_a_protocol_message_edit_or_revoke_are_understood
 
     states, _ = run([upsert("K1", "original"), legacy_edit, wrapped_edit, legacy_revoke])
 
-    assert messages.targets(legacy_edit) == ["K1"]
+    assert targets(legacy_edit) == ["K1"]
     message = message_of(states, "K1")
     assert (message["text"], message["edited"], message["deleted"]) == (
         "via editedMessage",
@@ -279,7 +286,7 @@ def test_older_upserts_carrying_a_protocol_message_edit_or_revoke_are_understood
 def test_protocol_messages_that_are_not_edits_or_revokes_change_nothing() -> None:
     setting = upsert("P1", message={"protocolMessage": {"type": "EPHEMERAL_SETTING"}})
 
-    assert messages.targets(setting) == []
+    assert targets(setting) == []
     assert run([setting]) == ({}, [])
 
 
@@ -442,7 +449,8 @@ def test_a_structurally_broken_upsert_raises_value_error(data: object) -> None:
     broken = envelope("messages.upsert", data)
     states: dict = {}
 
-    assert messages.targets(broken) == []
+    with pytest.raises(ValueError):
+        messages.read(broken)
     with pytest.raises(ValueError):
         messages.apply(states, broken)
     assert states == {}
@@ -470,7 +478,7 @@ def test_events_this_projection_does_not_handle_return_no_change(name: str) -> N
     event = fixture_event(name)
     states: dict = {}
 
-    assert messages.targets(event) == []
+    assert targets(event) == []
     assert messages.apply(states, event) == []
     assert states == {}
 
@@ -597,10 +605,10 @@ def test_states_survive_a_json_round_trip_as_the_runner_stores_them() -> None:
     assert run(rest, loaded) == run(rest, states)
 
 
-def test_apply_touches_only_the_keys_targets_names() -> None:
+def test_apply_touches_only_the_key_read_names() -> None:
     states: dict = {}
     for item in _mixed_log():
         before = dict(states)
         messages.apply(states, item)
         touched = {key for key in states if before.get(key) is not states[key]}
-        assert touched <= {(item.instance, key_id) for key_id in messages.targets(item)}
+        assert touched <= {(item.instance, key_id) for key_id in targets(item)}
