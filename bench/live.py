@@ -418,7 +418,8 @@ def watch_writers(url: str, stop: threading.Event, out: list[tuple[float, float,
 
 
 def redis_tap(redis_url: str, channel: str, give_up: float, link: Any, db_url: str = "") -> None:
-    """Child process: stamp each message.created frame as Redis delivers it (CLOCK_MONOTONIC).
+    """Child process: stamp each message.created frame as Redis delivers it (CLOCK_MONOTONIC;
+    a message carries a batch's frames, one per line).
 
     Sends "ready" once subscribed; on "stop" (or at give_up) sends {key id: arrival} and the
     samples of watch_writers.
@@ -441,12 +442,12 @@ def redis_tap(redis_url: str, channel: str, give_up: float, link: Any, db_url: s
         message = pubsub.get_message(timeout=0.1)
         if message is not None:
             now = time.monotonic()
-            data = message["data"]
-            head = FRAME_HEAD.match(data)
-            if head is not None and head.group(2) == b"message.created":
-                found = KEY_ID.search(data)
-                if found is not None:
-                    seen.setdefault(found.group(1), now)
+            for data in message["data"].split(b"\n"):  # a batch's frames, one per line
+                head = FRAME_HEAD.match(data)
+                if head is not None and head.group(2) == b"message.created":
+                    found = KEY_ID.search(data)
+                    if found is not None:
+                        seen.setdefault(found.group(1), now)
             continue
         if link.poll():
             break
