@@ -302,7 +302,8 @@ def write_rendered(
     tables: Tables = LIVE,
     written_before: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> Batch:
-    """Write what `render` made, and its deferred messages, inside the caller's transaction.
+    """Write what `render` made inside the caller's transaction, completing it first with
+    its deferred messages (`rendered` is used up).
 
     `written_before` holds the messages the previous batch wrote, when this plan was made
     from its overlay before it committed: the stored form (media id merged) is what a change
@@ -313,7 +314,6 @@ def write_rendered(
     _create_stages(cur)
     for event, reason in plan.parked:
         _park(cur, event, reason, batch, tables)
-    late = Rendered(plan, rendered.feed_wanted)
     if rendered.deferred:
         previous = written_before or {}
         stored = {key: _media_of(previous.get(key)) for key in rendered.deferred}
@@ -326,21 +326,14 @@ def write_rendered(
             message = plan.states[key].message
             assert message is not None
             media = {**message["media"], "id": media_id, "status": status}
-            _render_message(late, key, {**message, "media": media}, previous)
-    batch.written = {**rendered.written, **late.written}
+            _render_message(rendered, key, {**message, "media": media}, previous)
+    batch.written = rendered.written
     writes = _Writes(cur)
     columns = "instance, key_id, chat_jid, sent_at, data, meta, position"
-    if rendered.new_rows or late.new_rows:
-        _copy(cur, tables.messages, columns, rendered.new_rows + late.new_rows)
-    if rendered.rows or late.rows:
-        _upsert(
-            writes,
-            tables.messages,
-            "messages",
-            columns,
-            "instance, key_id",
-            rendered.rows + late.rows,
-        )
+    if rendered.new_rows:
+        _copy(cur, tables.messages, columns, rendered.new_rows)
+    if rendered.rows:
+        _upsert(writes, tables.messages, "messages", columns, "instance, key_id", rendered.rows)
     if rendered.holds:
         _upsert(
             writes,
@@ -351,8 +344,8 @@ def write_rendered(
             rendered.holds,
             touch=False,
         )
-    if rendered.released or late.released:
-        instances, ids = _pairs(rendered.released + late.released)
+    if rendered.released:
+        instances, ids = _pairs(rendered.released)
         writes.execute(
             f"DELETE FROM {tables.holds} h USING {_KEYS} AS k(i, id)"
             " WHERE h.instance = k.i AND h.key_id = k.id",
@@ -369,7 +362,7 @@ def write_rendered(
         )
     writes.send()
     if tables.feed:
-        batch.feed = _append_feed(cur, rendered.feed + late.feed + rendered.chat_feed)
+        batch.feed = _append_feed(cur, rendered.feed + rendered.chat_feed)
     return batch
 
 
