@@ -116,6 +116,7 @@ def gather(settings: Settings) -> dict[str, Any]:
         found = projections(pool)
         with pool.connection() as conn:
             media_states = media.counts(conn)
+            media_reasons = media.reasons(conn)
     finally:
         pool.close()
     try:
@@ -127,6 +128,7 @@ def gather(settings: Settings) -> dict[str, Any]:
     return {
         "projections": found,
         "media": media_states,
+        "media_reasons": media_reasons,
         "workers": workers,
         "queues": queue_depths(settings.rabbitmq_url),
     }
@@ -151,6 +153,8 @@ def render(report: dict[str, Any]) -> str:
         f"media: {states['pending']} pending, {states['stored']} stored, {states['failed']} failed"
         + (" (retry: python -m pipeline replay --media-failed)" if states["failed"] else "")
     )
+    for found in report["media_reasons"]:
+        lines.append(f"  {found['count']} {found['status']}: {found['reason'][:200]}")
     workers = report["workers"]
     if workers is None:
         lines.append("workers: unknown (Redis did not answer)")

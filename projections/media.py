@@ -118,6 +118,18 @@ def counts(conn: Any) -> dict[str, int]:
     return {state: int(found.get(state, 0)) for state in STATES}
 
 
+def reasons(conn: Any, limit: int = 3) -> list[dict[str, Any]]:
+    """The commonest reasons media are not stored (waiting for a source, failed), most first."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT status, reason, count(*) FROM media"
+            " WHERE status <> 'stored' AND reason IS NOT NULL"
+            " GROUP BY status, reason ORDER BY count(*) DESC, status, reason LIMIT %s",
+            (limit,),
+        )
+        return [{"status": s, "reason": r, "count": int(n)} for s, r, n in cur.fetchall()]
+
+
 def _finish(conn: Any, media_id: int, update: str, params: tuple[Any, ...]) -> list[FeedItem]:
     with conn, conn.cursor() as cur:
         # The projector writes whole message rows it loaded under this lock (runner.py).

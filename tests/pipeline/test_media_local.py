@@ -208,9 +208,11 @@ def test_exhausted_retries_end_failed_with_the_error_and_replay_retries_them(
     media = stack.settled("local", "DOWN", "failed")
     assert media["attempts"] == 3
     assert "gave up after 3 attempts" in media["reason"] and "500" in media["reason"]
-    status = _cli(stack, "status", "--json")
-    assert json.loads(status.stdout)["media"]["failed"] >= 1
-    assert "failed" in _cli(stack, "status").stdout
+    status = json.loads(_cli(stack, "status", "--json").stdout)
+    assert status["media"]["failed"] >= 1
+    assert {"status": "failed", "reason": media["reason"], "count": 1} in status["media_reasons"]
+    # and the operator reads why without opening the table
+    assert f"1 failed: {media['reason']}" in _cli(stack, "status").stdout
     # when: Evolution recovers and the operator retries failed media
     stack.evolution.script["DOWN"] = [Answer(201, png(4, 4, seed=6))]
     replay = _cli(stack, "replay", "--media-failed")
