@@ -28,6 +28,35 @@ WEBHOOK_TOKEN = "test-webhook-token"
 JWT_SECRET = "test-jwt-secret-of-a-proper-length-32b"
 
 
+TEST_VHOST = "zapline_test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the suite off what a developer's `make run` uses: RabbitMQ's default vhost (its
+    worker would take our media jobs) and Redis database 0 (its heartbeat would count as one
+    of our workers). Variables set by the caller win."""
+    if "RABBITMQ_URL" not in os.environ and _ensure_vhost(TEST_VHOST):
+        os.environ["RABBITMQ_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}"
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _ensure_vhost(name: str) -> bool:
+    """Create a local RabbitMQ vhost for guest unless it exists; False if we cannot."""
+    try:
+        listed = subprocess.run(
+            ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, timeout=60, check=True
+        )
+        if name not in listed.stdout.decode().split():
+            for command in (
+                ["add_vhost", name],
+                ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+            ):
+                subprocess.run(["rabbitmqctl", "-q", *command], timeout=60, check=True)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def fixture_bodies() -> dict[str, bytes]:
     """Every captured Evolution webhook body, by file name."""
     return {p.name: p.read_bytes() for p in sorted(FIXTURES.glob("*.json"))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -213,7 +214,8 @@ def test_a_broker_outage_loses_no_message_and_wake_ups_resume_after_it(
 ) -> None:
     url = fresh_database_url
     proxy = TcpProxy(5672)
-    broker_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
+    vhost = os.environ.get("RABBITMQ_URL", "/%2F").rsplit("/", 1)[1]  # the suite's (conftest)
+    broker_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
     web = start_web(url, RABBITMQ_URL=broker_url)
     worker = start_worker(url, RABBITMQ_URL=broker_url)
     try:
