@@ -36,6 +36,7 @@ _CONTACT_EVENTS = frozenset({"contacts.upsert", "contacts.update"})
 # groups.update is not delivered by 2.3.6's webhook (an event-name mismatch) but has the
 # same shape as groups.upsert, so it is read the same way should it ever arrive.
 _GROUP_EVENTS = frozenset({"groups.upsert", "groups.update"})
+NAMING_EVENTS = _CHAT_EVENTS | _CONTACT_EVENTS | _GROUP_EVENTS
 
 
 class ChatState(NamedTuple):
@@ -117,11 +118,11 @@ def apply_message(
         chat["name"] = push_name
         meta["push_at"] = ts or ""
 
-    if old is not None and chat == old.chat and meta == old.meta:
+    if old is not None and chat == old.chat:
+        if meta != old.meta:
+            chats[key] = ChatState(chat, meta)
         return []
     chats[key] = ChatState(chat, meta)
-    if old is not None and chat == old.chat:
-        return []
     return [ChatChange("chat.updated", change.instance, jid, chat)]
 
 

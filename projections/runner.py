@@ -199,13 +199,19 @@ def plan_events(
         per_event.append(changes)
         last_position[key] = event.position
 
-    chat_keys = {(e.instance, jid) for e in events for jid in chats.targets(e)}
+    chat_keys = {
+        (e.instance, jid)
+        for e in events
+        if e.type in chats.NAMING_EVENTS
+        for jid in chats.targets(e)
+    }
     chat_keys |= {(c.instance, c.message["chat_jid"]) for cs in per_event for c in cs}
     chat_states = _load_chats(cur, chat_keys, tables, overlay)
     chat_loaded = dict(chat_states)
     for event, changes in zip(events, per_event, strict=True):
         try:
-            chats.apply_event(chat_states, event)
+            if event.type in chats.NAMING_EVENTS:
+                chats.apply_event(chat_states, event)
             for change in changes:
                 chats.apply_message(chat_states, change)
         except Exception as error:
@@ -376,8 +382,10 @@ def _render_message(
     `previous` holds, else what was loaded)."""
     plan = out.plan
     text = dumps(message)
+    escaped = _copy_json(text)
     out.written[key] = message
     old = plan.loaded.get(key)
+    meta = plan.states[key].meta
     # A key loaded without a message has no messages row, and none can appear before this
     # commit: every writer of messages rows holds the projection's lock.
     (out.new_rows if old is None or old.message is None else out.rows).append(
@@ -386,8 +394,8 @@ def _render_message(
             _copy_text(key[1]),
             _copy_text(message["chat_jid"]),
             _copy_text(message["timestamp"]),
-            _copy_json(text),
-            _copy_json(dumps(plan.states[key].meta)),
+            escaped,
+            _copy_json(dumps(meta)) if meta else "{}",
             str(plan.last_position.get(key, 0)),
         )
     )
@@ -398,7 +406,7 @@ def _render_message(
     stored = previous[key] if key in previous else _message_of(old)
     if stored != message:
         kind = "message.created" if key in plan.created else "message.updated"
-        out.feed.append(_change(kind, key, message, text))
+        out.feed.append(_change(kind, key, message, text, escaped))
 
 
 def _media_of(message: dict[str, Any] | None) -> dict[str, Any]:
@@ -542,8 +550,12 @@ def append_feed(
     return _append_feed(cur, [_change(*item) for item in items])
 
 
-def _change(kind: str, key: tuple[str, str], data: dict[str, Any], text: str) -> _Change:
-    return _Change(kind, key, data, text, f"{kind}\t{_copy_text(key[1])}\t{_copy_json(text)}\n")
+def _change(
+    kind: str, key: tuple[str, str], data: dict[str, Any], text: str, escaped: str | None = None
+) -> _Change:
+    """A feed change; `escaped` is `_copy_json(text)` when the caller has it already."""
+    escaped = _copy_json(text) if escaped is None else escaped
+    return _Change(kind, key, data, text, f"{kind}\t{_copy_text(key[1])}\t{escaped}\n")
 
 
 def _append_feed(cur: Any, changes: list[_Change]) -> list[FeedItem]:
