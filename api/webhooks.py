@@ -9,7 +9,7 @@ import falcon
 from api.auth import WebhookAuth
 from api.ingest import GroupCommitter
 from events.attachments import LARGE_BODY_BYTES
-from events.errors import BadWebhook, ZaplineError
+from events.errors import BadWebhook, StoreRejected, ZaplineError
 from events.store import EventStore
 from events.webhook import parse_webhook
 
@@ -35,18 +35,24 @@ class WebhookResource:
         try:
             webhook = parse_webhook(body)
         except BadWebhook as error:
-            # Nothing authenticated is thrown away (design.md invariant 3).
-            req.context.quarantine_id = self._store.quarantine(
-                path=req.path, content_type=req.content_type, reason=str(error), body=body
-            )
+            self._quarantine(req, body, error)
             raise
         try:
             appended = self._committer.append(webhook)
+        except StoreRejected as error:  # JSON that jsonb cannot hold (NaN, 1e999999, ...)
+            self._quarantine(req, body, error)
+            raise
         finally:
             if webhook.attachment is not None:
                 webhook.attachment.close()
         req.context.position = appended.position
         resp.media = {"position": appended.position, "duplicate": appended.duplicate}
+
+    def _quarantine(self, req: falcon.Request, body: bytes | bytearray, error: Exception) -> None:
+        """Keep a body we answer 400 for: nothing authenticated is thrown away (invariant 3)."""
+        req.context.quarantine_id = self._store.quarantine(
+            path=req.path, content_type=req.content_type, reason=str(error), body=body
+        )
 
     def _read_body(self, req: falcon.Request) -> bytes | bytearray:
         limit = self._max_body_bytes

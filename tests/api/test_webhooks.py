@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -173,6 +174,36 @@ def test_a_body_that_is_not_a_webhook_gets_400_and_is_quarantined(
         database_url, "SELECT body FROM quarantine WHERE id = %s", (answer.json()["quarantine_id"],)
     )
     assert bytes(quarantined[0][0]) == body
+
+
+# JSON that parses but PostgreSQL refuses: NaN and a number beyond any float (jsonb has
+# neither), a NUL in the event name (a text column; a NUL in the payload becomes U+FFFD).
+REFUSED_BY_THE_DATABASE = {
+    "nan": b'{"event": "messages.upsert", "instance": "%s", "data": {"n": NaN}}',
+    "huge number": b'{"event": "messages.upsert", "instance": "%s", "data": {"n": 1e999999}}',
+    "nul in the event": b'{"event": "messages.upsert\\u0000", "instance": "%s", "data": {}}',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED_BY_THE_DATABASE))
+def test_a_body_the_database_refuses_gets_400_and_is_quarantined_not_lost(
+    web: WebServer, database_url: str, kind: str
+) -> None:
+    instance = "refused-" + uuid.uuid4().hex[:6]
+    body = REFUSED_BY_THE_DATABASE[kind] % instance.encode()
+    # while good webhooks are committed alongside it, in the same batches
+    with ThreadPoolExecutor(8) as pool:
+        good = [pool.submit(web.post_webhook, _text_message(instance, f"G{i}")) for i in range(16)]
+        answer = web.post_webhook(body)
+        assert all(f.result().status == 200 for f in good)
+    assert answer.status == 400
+    quarantined = sql(
+        database_url,
+        "SELECT body, reason FROM quarantine WHERE id = %s",
+        (answer.json()["quarantine_id"],),
+    )
+    assert bytes(quarantined[0][0]) == body and quarantined[0][1]
+    assert _count(database_url, instance) == 16
 
 
 def test_the_database_going_away_gives_503_with_retry_after_then_recovers(
