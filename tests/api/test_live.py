@@ -16,6 +16,7 @@ from tests.conftest import (
     WEBHOOK_TOKEN,
     WebServer,
     projected_up_to_head,
+    sql,
     start_web,
     start_worker,
     wait_for,
@@ -126,6 +127,36 @@ def test_changes_racing_the_switch_to_live_arrive_exactly_once(stack) -> None:
         ws.close()
         assert _created_keys(frames) == [f"R{i:03d}" for i in range(300)]
         _assert_strictly_increasing([f for f in frames if f["type"] != "live"])
+
+
+def test_a_cursor_older_than_the_retained_feed_gets_reset_then_live(stack) -> None:
+    url, web = stack
+    for i in range(5):
+        assert web.post_webhook(_upsert("alpha", f"P{i}")).status == 200
+    wait_for(lambda: projected_up_to_head(url))
+    head = sql(url, "SELECT cursor FROM feed_heads WHERE instance = 'alpha'")[0][0]
+    # given: the changes right after the client's cursor were pruned
+    sql(url, "DELETE FROM feed WHERE instance = 'alpha' AND cursor <= 3")
+    ws = _connect(web, "alpha", "tok-a", after=1)
+    frames = _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+    # then: a reset (the client reloads over HTTP) and live from the head, no partial backlog
+    assert frames == [{"type": "reset"}, {"type": "live", "cursor": head}]
+    assert web.post_webhook(_upsert("alpha", "AFTER")).status == 200
+    live = _frames_until(ws, lambda fs: "AFTER" in _created_keys(fs))
+    ws.close()
+    assert live[0]["cursor"] == head + 1
+
+
+def test_an_idle_socket_gets_a_keep_alive_ping_within_25_s(stack) -> None:
+    _, web = stack
+    ws = _connect(web, "alpha", "tok-a")
+    ws.settimeout(30)
+    started = time.monotonic()
+    assert json.loads(ws.recv())["type"] == "live"
+    frame = json.loads(ws.recv())
+    waited = time.monotonic() - started
+    ws.close()
+    assert frame["type"] == "ping" and waited <= 25
 
 
 def test_a_token_only_ever_receives_its_instances_changes(stack) -> None:
