@@ -206,6 +206,39 @@ def test_a_body_the_database_refuses_gets_400_and_is_quarantined_not_lost(
     assert _count(database_url, instance) == 16
 
 
+def test_a_commit_that_fails_answers_no_200_and_the_good_webhooks_go_in_on_a_retry(
+    fresh_database_url: str,
+) -> None:
+    # given: a database that refuses, at COMMIT, any transaction holding a "commitfail" event
+    url = fresh_database_url
+    sql(
+        url,
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$;"
+        " CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.instance = 'commitfail')"
+        " EXECUTE FUNCTION refuse_at_commit()",
+    )
+    server = start_web(url)
+    try:
+        bodies = [_text_message("commitfail" if i % 5 == 0 else "good", f"C{i}") for i in range(40)]
+        # when: they arrive together, so the group committer puts several in one transaction
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(server.post_webhook, bodies))
+        # then: a 200 only for an event that is committed, at the position it names
+        ok = {i: a.json()["position"] for i, a in enumerate(answers) if a.status == 200}
+        stored = dict(sql(url, "SELECT position, instance FROM events"))
+        assert ok and all(stored.get(position) == "good" for position in ok.values())
+        assert all(answers[i].status == 503 for i in range(0, 40, 5))
+        # and every good webhook not yet stored goes in when the sender retries, once each
+        for i, body in enumerate(bodies):
+            if i % 5 and i not in ok:
+                assert server.post_webhook(body).status == 200
+        assert sql(url, "SELECT count(*), count(DISTINCT dedupe_key) FROM events") == [(32, 32)]
+    finally:
+        server.stop()
+
+
 def test_the_database_going_away_gives_503_with_retry_after_then_recovers(
     database_url: str,
 ) -> None:
