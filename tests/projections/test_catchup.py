@@ -164,3 +164,51 @@ def test_a_second_runner_is_busy_while_an_overlapped_run_holds_the_projection(
     assert runner.run_batch(other, limit=3, wait=False).events == 3
     for c in (writer, planner, other):
         c.close()
+
+
+def test_a_batch_whose_checkpoint_cannot_move_leaves_no_rows_and_resuming_matches(
+    two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interrupted, reference = two_databases
+    monkeypatch.setattr(runner, "BATCH_SIZE", 3)
+    stop_at = len(_history()) // 2
+    # given: the checkpoint refuses to move past the middle of the log, after the batch's
+    # rows and feed were written in the same transaction
+    sql(
+        interrupted,
+        "CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN IF NEW.position > {stop_at} THEN RAISE EXCEPTION 'refused'; END IF;"
+        " RETURN NEW; END $$; CREATE TRIGGER refuse_checkpoint BEFORE UPDATE ON checkpoints"
+        " FOR EACH ROW EXECUTE FUNCTION refuse_checkpoint()",
+    )
+    writer, planner = psycopg2.connect(interrupted), psycopg2.connect(interrupted)
+    with pytest.raises(psycopg2.errors.RaiseException):
+        catchup.catch_up(writer, planner, settle_seconds=0)
+    # then: what is stored is exactly what the same batches up to the checkpoint store
+    [(reached,)] = sql(interrupted, "SELECT position FROM checkpoints")
+    assert 0 < reached <= stop_at
+    other = psycopg2.connect(reference)
+    for _ in range(stop_at):
+        if runner.run_batch(other, limit=3).cursor.position >= reached:
+            break
+    assert _everything(interrupted) == _everything(reference)
+    # and once the checkpoint can move, resuming ends where an uninterrupted run ends
+    sql(interrupted, "DROP TRIGGER refuse_checkpoint ON checkpoints")
+    catchup.catch_up(writer, planner, settle_seconds=0)
+    catchup.catch_up(other, settle_seconds=0)
+    # (the rolled-back batch used up media ids: identities are not transactional)
+    assert _without_media_ids(interrupted) == _without_media_ids(reference)
+    for c in (writer, planner, other):
+        c.close()
+
+
+def _without_media_ids(url: str) -> list[list[tuple[Any, ...]]]:
+    def strip(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(
+            {**v, "media": {**v["media"], "id": None}}
+            if isinstance(v, dict) and v.get("media")
+            else v
+            for v in row
+        )
+
+    return [[strip(row) for row in rows] for rows in _everything(url)]
