@@ -112,6 +112,52 @@ def test_a_worker_sigkilled_mid_batch_resumes_and_projects_every_message_once(
     _assert_each_message_once(url, instance, total)
 
 
+def test_two_workers_on_one_burst_project_every_message_once_without_feed_gaps(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    workers = [start_worker(url), start_worker(url)]
+    web = start_web(url)
+    try:
+        # when: messages for three instances, then their read receipts, arrive concurrently,
+        # waking both workers (batches of receipts alone write no new rows a unique key guards)
+        keys = [(f"pair{i % 3}", f"P{i:04d}") for i in range(600)]
+        for bodies in (
+            [_upsert(instance, key_id, chat=i % 7) for i, (instance, key_id) in enumerate(keys)],
+            [_read(instance, key_id) for instance, key_id in keys],
+        ):
+            with ThreadPoolExecutor(8) as pool:
+                assert {a.status for a in pool.map(web.post_webhook, bodies)} == {200}
+        wait_for(lambda: projected_up_to_head(url), timeout=30)
+        assert len(json.loads(_cli(url, "status", "--json").stdout)["workers"]) == 2
+    finally:
+        web.stop()
+        for worker in workers:
+            worker.stop()
+    # then: one writer at a time: every message and every change once, cursors without a gap
+    for instance in ("pair0", "pair1", "pair2"):
+        _assert_each_message_once(url, instance, 200)
+    assert sql(url, "SELECT DISTINCT data->>'status' FROM messages") == [("read",)]
+    assert (
+        sql(
+            url,
+            "SELECT key, count(*) FROM feed WHERE kind = 'message.updated' GROUP BY key"
+            " HAVING count(*) <> 1",
+        )
+        == []
+    )
+
+
+def _read(instance: str, key_id: str) -> bytes:
+    return json.dumps(
+        {
+            "event": "messages.update",
+            "instance": instance,
+            "data": {"keyId": key_id, "status": "READ"},
+        }
+    ).encode()
+
+
 def test_reapplying_projected_events_changes_nothing(fresh_database_url: str) -> None:
     """A redelivered batch (here: the checkpoint moved back to 0) is a no-op."""
     url = fresh_database_url
