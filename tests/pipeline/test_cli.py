@@ -1,0 +1,60 @@
+"""The commands' exits as the contract states them: 1 with a one-line reason on stderr when
+they fail, 2 on bad usage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.netutil import free_port
+
+pytestmark = pytest.mark.services
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["migrate"],
+        ["status"],
+        ["status", "--json"],
+        ["replay", "--projection", "messages"],
+        ["replay", "--media-failed"],
+        ["rebuild", "messages"],
+    ],
+)
+def test_a_command_that_cannot_reach_the_database_exits_1_with_one_line(args: list[str]) -> None:
+    result = _run(*args, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/zapline")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "database" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frobnicate"],
+        ["status", "--bogus"],
+        ["replay"],
+        ["replay", "--projection", "messages", "--from", "x"],
+        ["rebuild", "nosuch"],
+    ],
+)
+def test_bad_usage_exits_2_and_says_so(args: list[str]) -> None:
+    result = _run(*args)
+    assert result.returncode == 2
+    assert "usage" in result.stderr
