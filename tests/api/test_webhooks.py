@@ -8,8 +8,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import jwt
+import psycopg2
 import pytest
 
+from events.webhook import parse_webhook
 from tests.conftest import (
     JWT_SECRET,
     WEBHOOK_TOKEN,
@@ -17,6 +19,7 @@ from tests.conftest import (
     fixture_bodies,
     sql,
     start_web,
+    wait_for,
     with_instance,
 )
 from tests.netutil import TcpProxy
@@ -236,6 +239,49 @@ def test_a_commit_that_fails_answers_no_200_and_the_good_webhooks_go_in_on_a_ret
                 assert server.post_webhook(body).status == 200
         assert sql(url, "SELECT count(*), count(DISTINCT dedupe_key) FROM events") == [(32, 32)]
     finally:
+        server.stop()
+
+
+def test_a_webhook_waiting_on_a_database_lock_leaves_the_process_serving_others(
+    fresh_database_url: str,
+) -> None:
+    """gevent only switches greenlets at a blocking database call if psycopg2 is patched to
+    wait through gevent; unpatched, one waiting query stalls the whole web process."""
+    url = fresh_database_url
+    server = start_web(url)  # one web process
+    body = _text_message("green", "G1")
+    blocker = psycopg2.connect(url)
+    try:
+        # given: another transaction holds the webhook's dedupe key, uncommitted
+        with blocker.cursor() as cur:
+            cur.execute(
+                "INSERT INTO events (instance, type, dedupe_key, payload)"
+                " VALUES ('green', 'messages.upsert', %s, '{}')",
+                (parse_webhook(body).dedupe_key,),
+            )
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(server.post_webhook, body)
+            wait_for(
+                lambda: (
+                    sql(
+                        url,
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO events%%'",
+                    )[0][0]
+                    == 1
+                ),
+                timeout=10,
+            )
+            # then: while that append waits in PostgreSQL, the process answers other requests
+            assert server.request("GET", "/health", timeout=5).status == 200
+            other = server.post_webhook(_text_message("green", "G2"))
+            assert other.status == 200 and not waiting.done()
+            # and once the other transaction gives the key up, the waiting webhook is stored
+            blocker.rollback()
+            assert waiting.result(timeout=10).json()["duplicate"] is False
+        assert _count(url, "green") == 2
+    finally:
+        blocker.close()
         server.stop()
 
 
