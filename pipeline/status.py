@@ -154,7 +154,8 @@ def render(report: dict[str, Any]) -> str:
         + (" (retry: python -m pipeline replay --media-failed)" if states["failed"] else "")
     )
     for found in report["media_reasons"]:
-        lines.append(f"  {found['count']} {found['status']}: {found['reason'][:200]}")
+        reason = " ".join(found["reason"].split())[:200]  # one line, whatever the error said
+        lines.append(f"  {found['count']} {found['status']}: {reason}")
     workers = report["workers"]
     if workers is None:
         lines.append("workers: unknown (Redis did not answer)")

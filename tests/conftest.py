@@ -28,16 +28,26 @@ WEBHOOK_TOKEN = "test-webhook-token"
 JWT_SECRET = "test-jwt-secret-of-a-proper-length-32b"
 
 
-TEST_VHOST = "zapline_test"
+# This run's own vhost: another suite running at the same time has its own too.
+TEST_VHOST = f"zapline_test_{os.getpid()}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep the suite off what a developer's `make run` uses: RabbitMQ's default vhost (its
-    worker would take our media jobs) and Redis database 0 (its heartbeat would count as one
-    of our workers). Variables set by the caller win."""
+    """Keep the suite off what a developer's `make run` (or another run of the suite) uses:
+    a RabbitMQ vhost of its own (another worker on ours would take our media jobs) and Redis
+    database 15 (a `make run` worker's heartbeat would count as one of ours). Variables set
+    by the caller win."""
     if "RABBITMQ_URL" not in os.environ and _ensure_vhost(TEST_VHOST):
         os.environ["RABBITMQ_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}"
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.environ.get("RABBITMQ_URL", "").endswith("/" + TEST_VHOST):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["rabbitmqctl", "-q", "delete_vhost", TEST_VHOST], capture_output=True, timeout=60
+            )
 
 
 def _ensure_vhost(name: str) -> bool:
