@@ -252,13 +252,22 @@ def test_a_slow_webhook_in_flight_at_sigterm_still_gets_its_200(fresh_database_u
         conn.sendall(head + body[:20])
         time.sleep(0.3)
         web.process.send_signal(signal.SIGTERM)
-        time.sleep(1.0)
+        # then: new connections are refused while the request in flight is still open
+        wait_for(lambda: not _accepts(web.port), timeout=5)
         conn.sendall(body[20:])
         answer = conn.recv(4096).decode()
         conn.close()
         assert answer.startswith("HTTP/1.1 200"), answer[:200]
     finally:
         web.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_clients_lose_nothing_when_redis_restarts_under_them(fresh_database_url: str) -> None:
