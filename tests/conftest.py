@@ -165,7 +165,8 @@ class WebServer:
 
 
 def start_web(database_url: str, *, capture_output: bool = False, **env: str) -> WebServer:
-    """Start the web service and wait until it answers /health (bounded)."""
+    """Start the web service and wait until it answers /health (bounded); with
+    `capture_output`, its stdout and stderr together are in `process.stdout`."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -180,7 +181,7 @@ def start_web(database_url: str, *, capture_output: bool = False, **env: str) ->
         cwd=ROOT,
         env=full_env,
         stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if capture_output else subprocess.DEVNULL,
     )
     server = WebServer(process, port, full_env)
     deadline = time.monotonic() + 30

@@ -311,21 +311,41 @@ def test_the_database_going_away_gives_503_with_retry_after_then_recovers(
 
 
 def test_every_request_is_logged_as_one_json_line_without_secrets(database_url: str) -> None:
-    server = start_web(database_url, capture_output=True)
+    api_token, admin_token = "api-" + uuid.uuid4().hex, "admin-" + uuid.uuid4().hex
+    server = start_web(
+        database_url,
+        capture_output=True,
+        API_TOKENS=f"{api_token}:*",
+        ADMIN_TOKEN=admin_token,
+    )
     try:
         instance = "log-" + uuid.uuid4().hex[:6]
         server.post_webhook(
             _text_message(instance, "L1"), f"/webhooks/evolution?token={WEBHOOK_TOKEN}", {}
         )
+        # every place a secret travels: query, bearer headers, a JWT, a WebSocket's query
+        now = int(time.time())
+        signed = jwt.encode(
+            {"exp": now + 600, "iat": now, "app": "evolution", "action": "webhook"},
+            JWT_SECRET,
+            algorithm="HS256",
+        )
+        server.post_webhook(
+            _text_message(instance, "L2"), headers={"Authorization": f"Bearer {signed}"}
+        )
+        bearer = {"Authorization": f"Bearer {api_token}"}
+        server.request("GET", f"/api/instances/{instance}/chats", headers=bearer)
+        server.request("GET", f"/ws?instance={instance}&token={api_token}")
+        server.request(
+            "GET", "/admin/projections", headers={"Authorization": f"Bearer {admin_token}"}
+        )
     finally:
         server.stop()
     assert server.process.stdout is not None
-    lines = [
-        json.loads(line)
-        for line in server.process.stdout.read().decode().splitlines()
-        if line.startswith("{")
-    ]
+    output = server.process.stdout.read().decode()  # stdout and stderr
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     posts = [line for line in lines if line.get("method") == "POST"]
-    assert len(posts) == 1 and posts[0]["status"] == 200 and posts[0]["request_id"]
+    assert len(posts) == 2 and {p["status"] for p in posts} == {200} and posts[0]["request_id"]
     assert posts[0]["path"] == "/webhooks/evolution"
-    assert all(WEBHOOK_TOKEN not in json.dumps(line) for line in lines)
+    for secret in (WEBHOOK_TOKEN, JWT_SECRET, signed, api_token, admin_token):
+        assert secret not in output
