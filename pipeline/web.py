@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,14 +50,39 @@ class WebApplication(BaseApplication):
         return get_app()
 
 
+# Descriptors a worker needs besides its clients' sockets: database, Redis, RabbitMQ, files.
+SPARE_FILES = 256
+
+
 def serve(settings: Settings, bind: str | None = None) -> None:
     """Run the web service in the foreground until SIGTERM or SIGINT."""
+    _allow_open_files(settings.web_worker_connections + SPARE_FILES)
     made = _prepare_metrics_dir(settings.prometheus_multiproc_dir)
     try:
         WebApplication(settings, bind).run()
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+
+
+def _allow_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files towards `wanted` (the workers inherit it).
+
+    gunicorn leaves it as it finds it, and a soft limit of 1024 is common: each worker would
+    then hold about a thousand WebSockets whatever WEB_WORKER_CONNECTIONS says.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    allowed = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if allowed > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (allowed, hard))
+    if allowed < wanted:
+        print(
+            f"zapline-web: open files are capped at {allowed} (hard limit), below the {wanted}"
+            " WEB_WORKER_CONNECTIONS needs; raise the container's nofile limit",
+            file=sys.stderr,
+        )
 
 
 def _prepare_metrics_dir(configured: str | None) -> Path | None:

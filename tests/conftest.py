@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -164,9 +165,12 @@ class WebServer:
                 self.process.wait()
 
 
-def start_web(database_url: str, *, capture_output: bool = False, **env: str) -> WebServer:
+def start_web(
+    database_url: str, *, capture_output: bool = False, open_files: int | None = None, **env: str
+) -> WebServer:
     """Start the web service and wait until it answers /health (bounded); with
-    `capture_output`, its stdout and stderr together are in `process.stdout`."""
+    `capture_output`, its stdout and stderr together are in `process.stdout`; with
+    `open_files`, it starts under that soft limit on open files."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -182,6 +186,7 @@ def start_web(database_url: str, *, capture_output: bool = False, **env: str) ->
         env=full_env,
         stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if capture_output else subprocess.DEVNULL,
+        preexec_fn=None if open_files is None else lambda: _limit_open_files(open_files),
     )
     server = WebServer(process, port, full_env)
     deadline = time.monotonic() + 30
@@ -195,6 +200,12 @@ def start_web(database_url: str, *, capture_output: bool = False, **env: str) ->
             time.sleep(0.1)
     server.stop()
     raise RuntimeError("web did not answer within 30 s")
+
+
+def _limit_open_files(soft: int) -> None:
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
 
 
 @pytest.fixture(scope="session")

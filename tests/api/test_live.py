@@ -159,6 +159,26 @@ def test_an_idle_socket_gets_a_keep_alive_ping_within_25_s(stack) -> None:
     assert frame["type"] == "ping" and waited <= 25
 
 
+def test_one_web_process_holds_more_sockets_than_its_inherited_open_files_limit(
+    fresh_database_url: str,
+) -> None:
+    """gunicorn keeps the soft limit on open files it is started with (often 1024), which
+    would cap a process near that many WebSockets; the web service raises it itself."""
+    web = start_web(fresh_database_url, API_TOKENS=TOKENS, open_files=256)
+    sockets: list[websocket.WebSocket] = []
+    try:
+        for _ in range(600):
+            ws = _connect(web, "alpha", "tok-a")
+            ws.settimeout(5)
+            sockets.append(ws)
+            assert json.loads(ws.recv())["type"] == "live"
+    finally:
+        for ws in sockets:
+            ws.close()
+        web.stop()
+    assert len(sockets) == 600
+
+
 def test_a_token_only_ever_receives_its_instances_changes(stack) -> None:
     url, web = stack
     ws = _connect(web, "alpha", "tok-a", after=0)
