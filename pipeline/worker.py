@@ -29,9 +29,10 @@ log = logging.getLogger("zapline.worker")
 POLL_SECONDS = 2.0
 PRUNE_EVERY_SECONDS = 600.0
 SWEEP_EVERY_SECONDS = 60.0
-# On SIGTERM dramatiq waits this long for running actors, then the projector gets
-# STOP_SECONDS to finish its batch; a batch is one transaction, so an exit mid-way rolls it
-# back. Railway's drainingSeconds for the worker (railway.worker.json) must exceed the sum.
+# On SIGTERM the projector first gets STOP_SECONDS to finish its batch (dramatiq's
+# before_worker_shutdown), then dramatiq waits this long for running actors; a batch is one
+# transaction, so an exit mid-way rolls it back. Railway's drainingSeconds for the worker
+# (pipeline/railway.json) must exceed the sum.
 SHUTDOWN_TIMEOUT_MS = 15_000
 STOP_SECONDS = 10.0
 
