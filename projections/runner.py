@@ -156,7 +156,7 @@ def apply_events(
     error is re-raised) and the others go on. `tables` says where rows are read and written.
     """
     plan = plan_events(cur, events, park=park, tables=tables)
-    return write_rendered(cur, render(plan, feed=tables.feed), tables)
+    return write_rendered(cur, render(plan, tables))
 
 
 def plan_events(
@@ -238,11 +238,12 @@ class Rendered:
     work of writing it, so the thread that writes mostly waits for PostgreSQL.
 
     `deferred` are the messages whose media has no id yet: the transaction gets it from the
-    `media` table (or from what the batch before stored) and renders them then.
+    `media` table (or from what the batch before stored) and renders them then. `tables` is
+    where it is written (a rebuild's shadow gets no feed changes).
     """
 
     plan: Plan
-    feed_wanted: bool = True  # false for a rebuild's shadow, which writes no feed
+    tables: Tables = LIVE
     new_rows: list[str] = field(default_factory=list)  # messages with no row yet
     rows: list[str] = field(default_factory=list)  # messages to upsert
     holds: list[str] = field(default_factory=list)
@@ -264,9 +265,9 @@ class _Change(NamedTuple):
     tail: str
 
 
-def render(plan: Plan, *, feed: bool = True) -> Rendered:
-    """Make a plan's COPY lines and (unless `feed` is false) feed changes; no database."""
-    out = Rendered(plan, feed)
+def render(plan: Plan, tables: Tables = LIVE) -> Rendered:
+    """Make a plan's COPY lines, and feed changes if `tables` has a feed; no database."""
+    out = Rendered(plan, tables)
     for key in plan.changed:
         state = plan.states[key]
         if state.message is None:
@@ -297,7 +298,7 @@ def render(plan: Plan, *, feed: bool = True) -> Rendered:
             )
         )
         old = plan.chat_loaded.get(key)
-        if feed and (old is None or old.chat != chat):
+        if tables.feed and (old is None or old.chat != chat):
             out.chat_feed.append(_change("chat.updated", key, chat, text))
     return out
 
@@ -305,17 +306,16 @@ def render(plan: Plan, *, feed: bool = True) -> Rendered:
 def write_rendered(
     cur: Any,
     rendered: Rendered,
-    tables: Tables = LIVE,
     written_before: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> Batch:
-    """Write what `render` made inside the caller's transaction, completing it first with
-    its deferred messages (`rendered` is used up).
+    """Write what `render` made to its tables inside the caller's transaction, completing
+    it first with its deferred messages (`rendered` is used up).
 
     `written_before` holds the messages the previous batch wrote, when this plan was made
     from its overlay before it committed: the stored form (media id merged) is what a change
     is compared with.
     """
-    plan = rendered.plan
+    plan, tables = rendered.plan, rendered.tables
     batch = Batch()
     _create_stages(cur)
     for event, reason in plan.parked:
@@ -401,7 +401,7 @@ def _render_message(
     )
     if old is not None and old.message is None:
         out.released.append(key)
-    if not out.feed_wanted:
+    if not out.tables.feed:
         return
     stored = previous[key] if key in previous else _message_of(old)
     if stored != message:
