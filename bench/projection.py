@@ -506,7 +506,7 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
     query(url, "VACUUM ANALYZE", autocommit=True)
     checkpoint(url)
 
-    catchup.collect_garbage_less_often()  # as a worker process does when it boots
+    catchup.freeze_start_up_objects()  # as a worker process does when it boots
     result.busy_before = wait_quiet(quiet_s)
     print(f"  machine busy before the timed phases: {result.busy_before:.0%}")
     n, result.ceiling_first_s = read_ceiling(url, events, Usage())

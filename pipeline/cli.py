@@ -163,7 +163,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.progress import Progress
     from projections import catchup, rebuild
 
-    catchup.collect_garbage_less_often()
+    catchup.freeze_start_up_objects()
     with rebuilds.connection(settings) as conn:
         if args.discard:
             rebuild.discard(conn, args.name)

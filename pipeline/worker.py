@@ -194,7 +194,7 @@ class WorkerRuntime(dramatiq.Middleware):
         global _RUNTIME
         logs.configure()
         _RUNTIME = Runtime(Settings.from_env(), self._send_media)
-        catchup.collect_garbage_less_often()
+        catchup.freeze_start_up_objects()
         _RUNTIME.projector.start()
         _RUNTIME.projector.wake()  # catch up at start (design.md invariant 6)
         log.info("worker started", extra={"fields": {"pid": os.getpid()}})

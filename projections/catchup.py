@@ -32,7 +32,7 @@ from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Rendered
 HOLD_SECONDS = 1.0
 
 
-def collect_garbage_less_often() -> None:
+def freeze_start_up_objects() -> None:
     """Freeze what start-up made out of the cyclic garbage collector's walks, for good.
 
     Call once, after start-up. Batches keep the collector out altogether (collector_paused);
