@@ -14,8 +14,10 @@
   messages of one chat in the same second whose key ids share a CRC-32 (a 1 in 4 billion
   chance) would count as one.
 - Name: a chats/contacts/groups event that names the chat wins, the last one applied; until
-  one does, a direct chat takes the push name of its newest incoming message. Groups never
-  take push names (those name the participant, not the group).
+  one does, a direct chat takes the push name of its newest incoming message. Groups and
+  broadcasts (`status@broadcast`: stories) never take push names (those name the participant,
+  not the chat). A naming event creates no chat for a `@lid` JID: messages go to the phone
+  JID's chat, so such a chat would stay empty; it names one that messages already made.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def apply_event(chats: dict[tuple[str, str], ChatState], event: Event) -> list[C
     for jid, name in _names(event):
         key = (event.instance, jid)
         old = chats.get(key)
+        if old is None and p.is_lid(jid):
+            # A contact known only by its LID: its messages go to the phone JID's chat, so a
+            # chat made here would stay empty.
+            continue
         chat = old.chat if old is not None else _new_chat(event.instance, jid)
         meta = old.meta if old is not None else {}
         if chat["name"] != name:
@@ -112,6 +118,7 @@ def apply_message(
         push_name
         and not message["from_me"]
         and not chat["is_group"]
+        and not jid.endswith("@broadcast")
         and not meta.get("named")
         and (ts or "") >= meta.get("push_at", "")
     ):

@@ -35,6 +35,22 @@ _CONTENT_EVENTS = frozenset({"messages.upsert", "send.message"})
 # send.message.update is an edit made through the API and carries the same protocolMessage.
 _EDIT_EVENTS = frozenset({"messages.edited", "send.message.update"})
 
+# Contents that are not a message in the chat: a poll vote (Evolution reports votes on
+# messages.update), a pin or keep-in-chat, the parent of an album (its photos come as
+# messages of their own), and encrypted reactions, edits and comments nobody decrypts.
+_NOT_MESSAGES = frozenset(
+    {
+        "pollUpdateMessage",
+        "pinInChatMessage",
+        "keepInChatMessage",
+        "albumMessage",
+        "encReactionMessage",
+        "secretEncryptedMessage",
+        "encEventResponseMessage",
+        "encCommentMessage",
+    }
+)
+
 # Fields a second copy of a message (send.message echo vs messages.upsert) may fill in. Only
 # missing ones: the first copy wins, so a late copy never overwrites an edited text.
 _FILLABLE = ("chat_jid", "sender", "push_name", "text", "caption", "timestamp", "quoted_key_id")
@@ -203,7 +219,14 @@ def read(event: Event) -> Operation | None:
         return _read_status(event)
     if etype in _EDIT_EVENTS:
         data = _data(event)
-        proto = data if "type" in data or "editedMessage" in data else None
+        # 2.3.1+ sends the protocolMessage itself: {key, type, editedMessage, timestampMs},
+        # where a REVOKE may come without `type` (enum 0, which encoders leave out).
+        bare_revoke = (
+            etype == "messages.edited"
+            and isinstance(data.get("key"), dict)
+            and "message" not in data
+        )
+        proto = data if "type" in data or "editedMessage" in data or bare_revoke else None
         if proto is None and isinstance(data.get("message"), dict):
             proto = _protocol_in(data["message"])
         if proto is None:
@@ -232,8 +255,8 @@ def _read_content(event: Event) -> Operation | None:
     if content_key in ("protocolMessage", "editedMessage"):
         proto = _protocol_in(message)
         return _read_protocol(event, data, proto) if proto is not None else None
-    if content_key == "pollUpdateMessage":
-        return None  # a vote, not a message; Evolution reports votes on messages.update
+    if content_key in _NOT_MESSAGES:
+        return None
     return key_id, {
         "op": "message",
         "message": _build(event, data, key, key_id, content_key, value),
@@ -287,8 +310,10 @@ def _author(event: Event, key: dict[str, Any], chat: str | None, from_me: bool) 
         return p.normalize_jid(event.payload.get("sender"))
     if chat is not None and chat.endswith(("@g.us", "@broadcast")):
         participant = key.get("participant")
-        if key.get("addressingMode") == "lid" and key.get("participantAlt"):
-            participant = key["participantAlt"]
+        if key.get("addressingMode") == "lid" or p.is_lid(participant):
+            # participantAlt from 2.3.3 on, participantPn in 2.3.0-2.3.2.
+            alt = p.phone_jid(key.get("participantAlt"), key.get("participantPn"))
+            participant = alt or participant
         return p.normalize_jid(participant)
     return chat
 

@@ -16,14 +16,28 @@ from typing import Any
 # Content keys that are not the message itself (Baileys' getContentType skips the same ones).
 _NOT_CONTENT = frozenset({"messageContextInfo", "senderKeyDistributionMessage", "base64"})
 
-# Wrappers whose `message` holds the real content; Evolution v2 unwraps only some of them.
-_WRAPPERS = (
-    "ephemeralMessage",
-    "viewOnceMessage",
-    "viewOnceMessageV2",
-    "viewOnceMessageV2Extension",
-    "documentWithCaptionMessage",
-    "deviceSentMessage",
+# Wrappers whose `message` holds the real content (WhatsApp's FutureProofMessage and
+# deviceSentMessage); Evolution v2 unwraps only some of them. Each photo of an album comes
+# as an associatedChildMessage, an animated sticker as a lottieStickerMessage.
+_WRAPPERS = frozenset(
+    {
+        "ephemeralMessage",
+        "viewOnceMessage",
+        "viewOnceMessageV2",
+        "viewOnceMessageV2Extension",
+        "documentWithCaptionMessage",
+        "deviceSentMessage",
+        "associatedChildMessage",
+        "lottieStickerMessage",
+        "groupMentionedMessage",
+        "botInvokeMessage",
+        "botForwardedMessage",
+        "statusMentionMessage",
+        "groupStatusMentionMessage",
+        "groupStatusMessage",
+        "groupStatusMessageV2",
+        "limitSharingMessage",
+    }
 )
 
 _TYPES = {
@@ -117,11 +131,30 @@ def normalize_jid(jid: Any) -> str | None:
 
 
 def chat_jid(key: dict[str, Any]) -> str | None:
-    """Return the chat of a message key, preferring the phone JID over a `@lid` one."""
+    """Return the chat of a message key, preferring the phone JID over a `@lid` one.
+
+    2.3.3+ names the phone JID `remoteJidAlt` (with `addressingMode`); 2.3.0-2.3.2 name it
+    `senderPn`, which on our own messages may be our own number, so it is taken only on
+    incoming ones.
+    """
     jid = key.get("remoteJid")
-    if key.get("addressingMode") == "lid" and key.get("remoteJidAlt"):
-        jid = key["remoteJidAlt"]
+    if key.get("addressingMode") == "lid" or is_lid(jid):
+        incoming_pn = key.get("senderPn") if key.get("fromMe") is not True else None
+        jid = phone_jid(key.get("remoteJidAlt"), incoming_pn) or jid
     return normalize_jid(jid)
+
+
+def is_lid(jid: Any) -> bool:
+    """Whether a JID is a WhatsApp LID (`...@lid`), which hides the phone number."""
+    return isinstance(jid, str) and jid.endswith("@lid")
+
+
+def phone_jid(*candidates: Any) -> str | None:
+    """Return the first candidate that is a JID but not a LID, else None."""
+    for jid in candidates:
+        if isinstance(jid, str) and "@" in jid and not is_lid(jid):
+            return jid
+    return None
 
 
 def content(message: Any) -> tuple[str | None, Any]:

@@ -254,6 +254,23 @@ def test_a_direct_chat_takes_the_newest_incoming_push_name() -> None:
     assert chat_of(states)["name"] == "Ana Maria"
 
 
+def test_stories_never_name_the_status_broadcast_chat_after_their_poster() -> None:
+    story = upsert("S1", chat="status@broadcast", participant=CHAT, push_name="Joao")
+
+    states, _ = project([story])
+
+    assert chat_of(states, "status@broadcast")["name"] is None
+
+
+def test_a_naming_event_for_a_lid_makes_no_chat_but_names_one_that_exists() -> None:
+    lid = "123456789012345@lid"
+    name = envelope("contacts.upsert", [{"remoteJid": lid, "pushName": "Maria Silva"}])
+
+    assert project([name]) == ({}, [])
+    states, _ = project([upsert("K1", chat=lid, push_name=None), name])
+    assert chat_of(states, lid)["name"] == "Maria Silva"
+
+
 def test_a_group_never_takes_push_names() -> None:
     states, _ = project([upsert("G1", chat=GROUP, participant=MEMBER, push_name="Oz")])
 

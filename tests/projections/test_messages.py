@@ -214,6 +214,16 @@ def test_revoke_marks_deleted_and_keeps_the_text() -> None:
     assert [c.kind for c in changes] == ["message.created", "message.updated"]
 
 
+def test_a_revoke_without_its_type_is_understood() -> None:
+    # REVOKE is enum 0, the protobuf default: an encoder may leave `type` out altogether.
+    bare = revoke("K1")
+    del bare.payload["data"]["type"]
+    states, changes = run([upsert("K1", "oops"), bare])
+
+    assert message_of(states, "K1")["deleted"] is True
+    assert [c.kind for c in changes] == ["message.created", "message.updated"]
+
+
 def test_numeric_revoke_and_edit_types_are_understood() -> None:
     numeric_edit = edit("K1", "new", ts_ms=1)
     numeric_edit.payload["data"]["type"] = 14
@@ -423,6 +433,29 @@ def test_lid_addressed_messages_use_the_phone_jid_and_drop_device_suffixes() -> 
     assert change.message["sender"] == "551699123456@s.whatsapp.net"
 
 
+def test_lid_messages_of_2_3_0_take_the_phone_jids_of_sender_pn_and_participant_pn() -> None:
+    direct = upsert("K1", chat="5200000000000@lid")
+    direct.payload["data"]["key"]["senderPn"] = "551699123456@s.whatsapp.net"
+    group = upsert("K2", chat=GROUP, participant="5200000000000@lid")
+    group.payload["data"]["key"]["participantPn"] = "551699123456@s.whatsapp.net"
+
+    states, _ = run([direct, group])
+
+    assert message_of(states, "K1")["chat_jid"] == "551699123456@s.whatsapp.net"
+    assert message_of(states, "K1")["sender"] == "551699123456@s.whatsapp.net"
+    assert message_of(states, "K2")["chat_jid"] == GROUP
+    assert message_of(states, "K2")["sender"] == "551699123456@s.whatsapp.net"
+
+
+def test_a_group_sender_alternative_is_taken_without_an_addressing_mode() -> None:
+    event = upsert("K1", chat=GROUP, participant=MEMBER)
+    event.payload["data"]["key"]["participantAlt"] = "551699123456:4@s.whatsapp.net"
+
+    [change] = messages.apply({}, event)
+
+    assert change.message["sender"] == "551699123456@s.whatsapp.net"
+
+
 def test_wrapped_view_once_content_is_unwrapped() -> None:
     event = upsert(
         "K1",
@@ -481,6 +514,40 @@ def test_events_this_projection_does_not_handle_return_no_change(name: str) -> N
     assert targets(event) == []
     assert messages.apply(states, event) == []
     assert states == {}
+
+
+@pytest.mark.parametrize("wrapper", ["associatedChildMessage", "lottieStickerMessage"])
+def test_an_album_photo_and_an_animated_sticker_are_unwrapped_to_their_media(
+    wrapper: str,
+) -> None:
+    inner = {
+        "messageContextInfo": {"messageAssociation": {"associationType": "MEDIA_ALBUM"}},
+        "imageMessage": {"mimetype": "image/jpeg", "caption": "foto 1", "fileLength": "1000"},
+    }
+    [change] = messages.apply({}, upsert("K1", message={wrapper: {"message": inner}}))
+
+    message = change.message
+    assert (message["type"], message["caption"]) == ("image", "foto 1")
+    assert message["media"] == {
+        "status": "pending",
+        "mimetype": "image/jpeg",
+        "size": 1000,
+        "sha256": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"pinInChatMessage": {"key": {"id": "X0"}, "type": 1, "senderTimestampMs": "1"}},
+        {"keepInChatMessage": {"key": {"id": "X0"}, "keepType": 1}},
+        {"albumMessage": {"expectedImageCount": 3}},
+        {"encReactionMessage": {"targetMessageKey": {"id": "X0"}, "encPayload": "AA=="}},
+        {"secretEncryptedMessage": {"targetMessageKey": {"id": "X0"}, "encPayload": "AA=="}},
+    ],
+)
+def test_pins_album_parents_and_encrypted_side_messages_are_not_messages(content: dict) -> None:
+    assert run([upsert("K1", message=content)]) == ({}, [])
 
 
 def test_an_unknown_event_type_returns_no_change() -> None:

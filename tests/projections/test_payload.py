@@ -72,7 +72,19 @@ def test_normalize_jid_strips_the_device_suffix(jid: object, expected: str | Non
 def test_chat_jid_prefers_the_phone_jid_when_addressed_by_lid() -> None:
     key = {"remoteJid": "5200000000000@lid", "remoteJidAlt": "77000000000@s.whatsapp.net"}
     assert payload.chat_jid({**key, "addressingMode": "lid"}) == "77000000000@s.whatsapp.net"
-    assert payload.chat_jid({**key, "addressingMode": "pn"}) == "5200000000000@lid"
+    # Whatever the addressing mode says, a phone JID beats a LID.
+    assert payload.chat_jid({**key, "addressingMode": "pn"}) == "77000000000@s.whatsapp.net"
+    # 2.3.6+ swaps them: the phone JID first, the LID as the alternative.
+    swapped = {"remoteJid": "77000000000@s.whatsapp.net", "remoteJidAlt": "5200000000000@lid"}
+    assert payload.chat_jid({**swapped, "addressingMode": "pn"}) == "77000000000@s.whatsapp.net"
+    assert payload.chat_jid({"remoteJid": "5200000000000@lid"}) == "5200000000000@lid"
+
+
+def test_chat_jid_takes_the_sender_pn_of_2_3_0_on_incoming_messages_only() -> None:
+    key = {"remoteJid": "5200000000000@lid", "senderPn": "77000000000@s.whatsapp.net"}
+    assert payload.chat_jid({**key, "fromMe": False}) == "77000000000@s.whatsapp.net"
+    # On our own messages senderPn may be our own number: the chat stays the LID.
+    assert payload.chat_jid({**key, "fromMe": True}) == "5200000000000@lid"
 
 
 @pytest.mark.parametrize(
