@@ -3,6 +3,12 @@
 Envelope fields (`date_time`, `destination`, `server_url`, `apikey`, `sender`) never take
 part: Evolution re-emits the same event with a new `date_time`, and the instance and the
 global webhook deliver it with different `destination`s (contract section 3).
+
+One addition to the contract's rules: a `messages.update` is also told apart by the poll
+votes (`pollUpdates`) or the edited `message` it carries, when it carries them. Evolution
+reports every vote on a poll, and in some versions every edit, as an update with the same key
+id and status, so by key id and status alone each vote after the first would be answered as a
+duplicate and never stored.
 """
 
 from __future__ import annotations
@@ -10,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+
+# What a messages.update may carry besides its status.
+_CARRIED = ("pollUpdates", "message")
 
 
 def dedupe_key(instance: str, event: str, data: Any) -> str:
@@ -26,7 +35,10 @@ def _identity(event: str, data: Any) -> list[str]:
     if event == "messages.update":
         key_id = _text(d.get("keyId")) or _text(d.get("id")) or _text(key.get("id"))
         if key_id:
-            return [key_id, _text(d.get("status")), _text(d.get("participant"))]
+            parts = [key_id, _text(d.get("status")), _text(d.get("participant"))]
+            # Poll votes and edits also come as updates, with the same status each time:
+            # what they carry tells them apart. Plain receipts carry neither.
+            return parts + [f"{name}:{_text(d[name])}" for name in _CARRIED if d.get(name)]
     if event == "messages.edited" and _text(key.get("id")):
         return [_text(key.get("id")), _text(d.get("type")), _text(d.get("timestampMs"))]
     if event == "messages.delete":

@@ -60,6 +60,23 @@ def test_status_updates_differ_by_status_and_participant_only() -> None:
     assert update("READ", "p1@lid") != update("READ", "p2@lid")
 
 
+def test_poll_votes_and_edits_reported_as_updates_are_each_a_webhook_of_their_own() -> None:
+    def update(**carried: object) -> str:
+        data = {"keyId": "P0", "remoteJid": "x", "fromMe": True, "status": "SERVER_ACK"}
+        return dedupe_key("a", "messages.update", {**data, **carried})
+
+    def votes(yes: list[str], no: list[str]) -> list[dict]:
+        return [{"name": "Yes", "voters": yes}, {"name": "No", "voters": no}]
+
+    receipt = update()
+    first, second = update(pollUpdates=votes(["1@s"], [])), update(pollUpdates=votes([], ["2@s"]))
+    edit_a, edit_b = update(message={"conversation": "a"}), update(message={"conversation": "b"})
+    assert len({receipt, first, second, edit_a, edit_b}) == 5
+    # A redelivery is still the same webhook, and a plain receipt keeps its key.
+    assert first == update(pollUpdates=votes(["1@s"], []))
+    assert receipt == '["a","messages.update","P0","SERVER_ACK",""]'
+
+
 def test_edits_are_identified_by_target_type_and_timestamp() -> None:
     def edit(kind: str, ts: str) -> str:
         return dedupe_key(
