@@ -14,11 +14,18 @@ from api.reads import BadQuery
 
 
 class RejectNul:
-    """Falcon middleware refusing NUL in the path and in query parameters."""
+    """Falcon middleware refusing NUL in the path and in query parameters.
+
+    A resource with a true `nul_safe` attribute is passed over: it keeps no URL value from
+    reaching a query unclean (the webhook resource must store an authenticated body whatever
+    its URL carries).
+    """
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]
     ) -> None:
+        if getattr(resource, "nul_safe", False):
+            return
         values = [req.path, *params.values()]
         for value in req.params.values():
             values += value if isinstance(value, list) else [value]

@@ -21,6 +21,10 @@ class BodyTooLarge(ZaplineError):
 class WebhookResource:
     """Authenticates, bounds, parses and durably appends one Evolution webhook."""
 
+    # A NUL in the URL does not stop an authenticated webhook (RejectNul passes it over):
+    # no URL value is stored but the quarantined path, which is cleaned first.
+    nul_safe = True
+
     def __init__(
         self, auth: WebhookAuth, committer: GroupCommitter, store: EventStore, max_body_bytes: int
     ) -> None:
@@ -51,7 +55,10 @@ class WebhookResource:
     def _quarantine(self, req: falcon.Request, body: bytes | bytearray, error: Exception) -> None:
         """Keep a body we answer 400 for: nothing authenticated is thrown away (invariant 3)."""
         req.context.quarantine_id = self._store.quarantine(
-            path=req.path, content_type=req.content_type, reason=str(error), body=body
+            path=req.path.replace("\x00", "\ufffd"),
+            content_type=req.content_type,
+            reason=str(error),
+            body=body,
         )
 
     def _read_body(self, req: falcon.Request) -> bytes | bytearray:

@@ -157,6 +157,27 @@ def test_missing_or_wrong_credentials_get_401_and_store_nothing(
     assert _count(database_url, instance) == 0
 
 
+def test_a_nul_in_the_url_neither_loses_an_authenticated_webhook_nor_passes_a_bad_token(
+    web: WebServer, database_url: str
+) -> None:
+    instance = "nul-url-" + uuid.uuid4().hex[:6]
+    query = web.post_webhook(_text_message(instance, "K1"), "/webhooks/evolution?x=%00")
+    suffix = web.post_webhook(_text_message(instance, "K2"), "/webhooks/evolution/a%00b")
+    bad_body = web.post_webhook(b"not json", "/webhooks/evolution/a%00b")
+    bad_token = web.post_webhook(
+        _text_message(instance, "K3"), f"/webhooks/evolution?token={WEBHOOK_TOKEN}%00", {}
+    )
+
+    assert (query.status, suffix.status, bad_body.status, bad_token.status) == (200, 200, 400, 401)
+    assert _count(database_url, instance) == 2
+    [(path,)] = sql(
+        database_url,
+        "SELECT path FROM quarantine WHERE id = %s",
+        (bad_body.json()["quarantine_id"],),
+    )
+    assert path == "/webhooks/evolution/a\ufffdb"
+
+
 def test_a_body_over_the_limit_gets_413_and_stores_nothing(
     web: WebServer, database_url: str
 ) -> None:
