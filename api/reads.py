@@ -119,9 +119,12 @@ class FeedResource:
         limit = _limit(req, *FEED_LIMIT)
         with self._pool.connection() as conn, conn.cursor() as cur:
             rows, reset = read_feed(cur, instance, after, limit)
-        if reset:
-            _send(resp, [], cursor=after, reset=True)
-            return
+            if reset:
+                # Where to go on from once the client has reloaded: the head, as the
+                # WebSocket's "live" frame names it (a change after it shows in both, which
+                # a client applying changes by key takes in its stride).
+                _send(resp, [], cursor=_head(cur, instance), reset=True)
+                return
         _send(resp, [frame for _, frame in rows], cursor=rows[-1][0] if rows else after)
 
 
@@ -171,6 +174,12 @@ def _older_messages(
         cur.execute(_UNDATED, (instance, chat_jid, undated_from, undated_from, want - len(rows)))
         rows += cur.fetchall()
     return rows
+
+
+def _head(cur: Any, instance: str) -> int:
+    cur.execute("SELECT cursor FROM feed_heads WHERE instance = %s", (instance,))
+    row = cur.fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def _pruned_past(after: int, oldest: int | None, head: int | None) -> bool:

@@ -265,9 +265,10 @@ def test_feed_answers_reset_when_after_is_older_than_what_is_retained(
 
     # then
     assert [item["cursor"] for item in feed(instance, 5)["items"]] == [6, 7, 8, 9, 10]
-    assert feed(instance, 4) == {"items": [], "cursor": 4, "reset": True}
-    assert feed(instance, 0) == {"items": [], "cursor": 0, "reset": True}
-    assert feed(idle, 9) == {"items": [], "cursor": 9, "reset": True}
+    # A reset names the head, where a client goes on from once it has reloaded.
+    assert feed(instance, 4) == {"items": [], "cursor": 10, "reset": True}
+    assert feed(instance, 0) == {"items": [], "cursor": 10, "reset": True}
+    assert feed(idle, 9) == {"items": [], "cursor": 10, "reset": True}
     assert feed(idle, 10) == {"items": [], "cursor": 10}
 
 
