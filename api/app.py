@@ -125,7 +125,7 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
             multiprocess=settings.prometheus_multiproc_dir is not None,
         ),
     )
-    app.add_route("/openapi.json", OpenApiResource())
+    app.add_route("/openapi.json", OpenApiResource(admin))
     for error, status in _ERRORS.items():
         app.add_error_handler(error, _handler(status))
     return app

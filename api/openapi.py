@@ -10,6 +10,8 @@ from typing import Any
 
 import falcon
 
+from api.admin import AdminAuth
+
 _JSON = "application/json"
 
 
@@ -243,11 +245,13 @@ _PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "getOpenApi",
             "summary": "This document",
+            "security": [{"adminToken": []}],
             "responses": {
                 "200": {
                     "description": "OpenAPI 3",
                     "content": {_JSON: {"schema": {"type": "object"}}},
-                }
+                },
+                **_ADMIN_401,
             },
         }
     },
@@ -317,7 +321,11 @@ def document() -> dict[str, Any]:
 
 
 class OpenApiResource:
-    """GET /openapi.json."""
+    """GET /openapi.json, an admin route (contract section 3)."""
+
+    def __init__(self, auth: AdminAuth) -> None:
+        self._auth = auth
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._auth.require(req)
         resp.media = document()
