@@ -64,6 +64,10 @@ class ReadyResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         results, failed = run_checks({**self._checks, **self._info}, self._timeout)
         results = {**results, **_connected({n: results[n] for n in self._checks})}
+        # A figure that could not be read is null, never a string in its place; the reason
+        # goes under "errors" (it does not make the instance unready).
+        errors = {name: results[name] for name in self._info if name in failed}
+        results.update(dict.fromkeys(errors))
         failing = [name for name in self._checks if name in failed]
         if self._lifecycle.draining:
             failing.append("draining")
@@ -74,6 +78,7 @@ class ReadyResource:
             "draining": self._lifecycle.draining,
             "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             **({"failing": failing} if failing else {}),
+            **({"errors": errors} if errors else {}),
         }
 
 
