@@ -19,7 +19,7 @@ class WebhookAuth:
     """Checks a webhook request's credentials in constant time."""
 
     def __init__(self, token: str | None, jwt_secret: str | None) -> None:
-        self._token = token.encode() if token else None
+        self._digest = digest(token) if token else None
         self._jwt_secret = jwt_secret
 
     def verify(self, req: falcon.Request) -> None:
@@ -30,8 +30,8 @@ class WebhookAuth:
         """
         token = bearer(req)
         offered = [token, req.get_header("X-Webhook-Token"), req.get_param("token")]
-        if self._token is not None:
-            matches = [hmac.compare_digest(v.encode(), self._token) for v in offered if v]
+        if self._digest is not None:
+            matches = [hmac.compare_digest(digest(v), self._digest) for v in offered if v]
             if any(matches):
                 return
         if self._jwt_secret and token and token.count(".") == 2:
