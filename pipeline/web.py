@@ -5,17 +5,24 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 
+from events.errors import ZaplineError
 from pipeline.config import Settings
 
 # Railway's drain window must exceed this (railway.json drainingSeconds).
 GRACEFUL_TIMEOUT_SECONDS = 10
+
+
+class CannotListen(ZaplineError):
+    """The listen address is taken or not ours to bind."""
 
 
 class WebApplication(BaseApplication):
@@ -55,7 +62,14 @@ SPARE_FILES = 256
 
 
 def serve(settings: Settings, bind: str | None = None) -> None:
-    """Run the web service in the foreground until SIGTERM or SIGINT."""
+    """Run the web service in the foreground until SIGTERM or SIGINT.
+
+    Raises:
+        CannotListen: the address is taken (checked first: gunicorn would retry for 5 s and
+            log a dozen lines).
+    """
+    bind = bind or f"0.0.0.0:{settings.port}"
+    _check_free(bind)
     _allow_open_files(settings.web_worker_connections + SPARE_FILES)
     made = _prepare_metrics_dir(settings.prometheus_multiproc_dir)
     try:
@@ -63,6 +77,20 @@ def serve(settings: Settings, bind: str | None = None) -> None:
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+
+
+def _check_free(bind: str) -> None:
+    address = util.parse_address(bind)
+    if not isinstance(address, tuple):
+        return  # a unix socket or an inherited descriptor: gunicorn's to judge
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As gunicorn binds: a port whose old connections linger in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise CannotListen(f"cannot listen on {bind}: {error.strerror or error}") from None
 
 
 def _allow_open_files(wanted: int) -> None:

@@ -4,6 +4,7 @@ they fail, 2 on bad usage."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -42,6 +43,17 @@ def test_a_command_that_cannot_reach_the_database_exits_1_with_one_line(args: li
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert "database" in line
+
+
+def test_web_on_a_taken_port_exits_1_with_one_line_at_once() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run("web", "--bind", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert f"127.0.0.1:{port}" in line and "in use" in line
 
 
 @pytest.mark.parametrize(
