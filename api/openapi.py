@@ -112,9 +112,15 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/api/instances/{instance}/chats": {
         "get": {
             "operationId": "listChats",
-            "summary": "An instance's chats, newest activity first",
+            "summary": "An instance's chats, newest activity first, in keyset pages",
             "security": [{"apiToken": []}],
-            "parameters": [_INSTANCE, _query("limit", "Items per page (at most 500)", _LIMIT)],
+            "parameters": [
+                _INSTANCE,
+                _query(
+                    "before", "chat_jid of the last chat of the previous page", {"type": "string"}
+                ),
+                _query("limit", "Items per page (at most 500)", _LIMIT),
+            ],
             "responses": {"200": _answer("Chats", "Items"), **_READ_ERRORS},
         }
     },

@@ -20,10 +20,23 @@ FEED_LIMIT = (500, 5000)
 _BIGINT_MAX = 2**63 - 1
 
 _CHATS = """
-SELECT data::text FROM chats
+SELECT chat_jid, data::text FROM chats
 WHERE instance = %s
 ORDER BY last_message_at DESC NULLS LAST, chat_jid
 LIMIT %s
+"""
+_LAST_AT = "SELECT last_message_at FROM chats WHERE instance = %s AND chat_jid = %s"
+# The chats after (at, jid) in the list's order. It walks chats_by_activity from the top,
+# which stays cheap at the few thousand chats an instance has.
+_CHATS_AFTER = """
+SELECT chat_jid, data::text FROM chats
+WHERE instance = %(instance)s AND (
+    last_message_at < %(at)s
+    OR (last_message_at = %(at)s AND chat_jid > %(jid)s)
+    OR (last_message_at IS NULL AND (%(at)s IS NOT NULL OR chat_jid > %(jid)s))
+)
+ORDER BY last_message_at DESC NULLS LAST, chat_jid
+LIMIT %(limit)s
 """
 
 _SENT_AT = "SELECT sent_at FROM messages WHERE instance = %s AND chat_jid = %s AND key_id = %s"
@@ -70,7 +83,7 @@ def add_read_routes(app: falcon.App, api_tokens: Mapping[str, frozenset[str]], p
 
 
 class ChatsResource:
-    """GET /api/instances/{instance}/chats?limit=: newest activity first."""
+    """GET /api/instances/{instance}/chats?before=&limit=: newest activity first, in pages."""
 
     def __init__(self, auth: ApiAuth, pool: Pool) -> None:
         self._auth = auth
@@ -79,10 +92,13 @@ class ChatsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, instance: str) -> None:
         self._auth.require(req, instance)
         limit = _limit(req, *CHATS_LIMIT)
+        before = req.get_param("before") or None
         with self._pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(_CHATS, (instance, limit))
-            items = [data for (data,) in cur.fetchall()]
-        _send(resp, items)
+            # One row more than asked tells whether another page follows.
+            rows = _chats_after(cur, instance, before, limit + 1)
+        page = rows[:limit]
+        next_before = page[-1][0] if len(rows) > limit else None
+        _send(resp, [data for _, data in page], next_before=next_before)
 
 
 class MessagesResource:
@@ -142,6 +158,23 @@ def read_feed(
     if _pruned_past(after, oldest, head):
         return [], True
     return rows, False
+
+
+def _chats_after(cur: Any, instance: str, before: str | None, want: int) -> list[tuple[str, str]]:
+    """Up to `want` (chat_jid, data) in the list's order, after the chat `before`.
+
+    Raises:
+        BadQuery: `before` is not a chat of this instance.
+    """
+    if before is None:
+        cur.execute(_CHATS, (instance, want))
+        return list(cur.fetchall())
+    cur.execute(_LAST_AT, (instance, before))
+    found = cur.fetchone()
+    if found is None:
+        raise BadQuery("before must be the chat_jid of a chat of this instance")
+    cur.execute(_CHATS_AFTER, {"instance": instance, "at": found[0], "jid": before, "limit": want})
+    return list(cur.fetchall())
 
 
 def _older_messages(

@@ -130,8 +130,49 @@ def test_chats_come_newest_activity_first_with_undated_chats_last_and_limit_cuts
     assert everything.status == 200 and everything.headers["content-type"].startswith(
         "application/json"
     )
-    assert everything.json() == {"items": [chats[2], chats[0], chats[3], chats[1]]}
-    assert two.json() == {"items": [chats[2], chats[0]]}
+    assert everything.json() == {
+        "items": [chats[2], chats[0], chats[3], chats[1]],
+        "next_before": None,
+    }
+    assert two.json() == {"items": [chats[2], chats[0]], "next_before": "b@s.whatsapp.net"}
+
+
+def test_chat_pages_walk_every_chat_exactly_once_through_ties_and_undated_ones(
+    reads: WebServer, database_url: str
+) -> None:
+    # given: 130 chats, groups of three sharing a minute (chat_jid breaks the tie), and
+    # every eleventh with no message time at all
+    instance = _instance("chat-pages")
+    chats = [
+        _chat(
+            instance,
+            f"{(n * 53) % 130:03d}@s.whatsapp.net",
+            None if n % 11 == 4 else f"2025-11-30T{n // 3 // 60:02d}:{n // 3 % 60:02d}:00Z",
+        )
+        for n in range(130)
+    ]
+    _insert_chats(database_url, chats)
+    dated = [c for c in chats if c["last_message_at"] is not None]
+    expected = sorted(dated, key=lambda c: c["chat_jid"])
+    expected.sort(key=lambda c: c["last_message_at"], reverse=True)  # stable: jid ascending
+    expected += sorted(
+        (c for c in chats if c["last_message_at"] is None), key=lambda c: c["chat_jid"]
+    )
+
+    # when
+    pages, before = [], ""
+    for _ in range(3):
+        answer = _get(reads, f"/api/instances/{instance}/chats?limit=60&before={before}")
+        assert answer.status == 200, answer.body
+        pages.append(answer.json())
+        before = pages[-1]["next_before"] or ""
+
+    # then
+    assert [len(page["items"]) for page in pages] == [60, 60, 10]
+    assert pages[-1]["next_before"] is None
+    assert [item for page in pages for item in page["items"]] == expected
+    unknown = _get(reads, f"/api/instances/{instance}/chats?before=nobody@s.whatsapp.net")
+    assert unknown.status == 400
 
 
 def test_chats_default_to_50_and_a_limit_above_500_is_capped_at_500(
