@@ -73,6 +73,12 @@ class Services:
 def create_app(settings: Settings, services: Services) -> falcon.App:
     """Wire resources, middleware and the one error-handler table."""
     middleware: list[Any] = [RequestLog(), WebhookOutcomes(), RejectNul()]
+    if settings.cors_origins:
+        # Answers preflights, and lets the allowed origins read answers, errors included.
+        allowed = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
+        middleware.append(
+            falcon.CORSMiddleware(allow_origins=allowed, expose_headers=["Retry-After"])
+        )
     app = falcon.App(middleware=middleware)
     app.req_options.auto_parse_form_urlencoded = False
     webhooks = WebhookResource(

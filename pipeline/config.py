@@ -63,6 +63,9 @@ class Settings:
     web_worker_connections: int = 10000
     worker_processes: int = 1
     worker_threads: int = 8
+    # Browser origins (scheme://host[:port]) allowed to call the API from their pages; "*"
+    # any; none by default (a front end on the same origin needs none).
+    cors_origins: tuple[str, ...] = ()
     # Where gunicorn workers keep their metrics for /metrics to sum (pipeline/web.py sets it).
     prometheus_multiproc_dir: str | None = None
     production: bool = False
@@ -138,6 +141,7 @@ class Settings:
             worker_processes=number("WORKER_PROCESSES", 1, 64),
             worker_threads=number("WORKER_THREADS", 1, 256),
             prometheus_multiproc_dir=get("PROMETHEUS_MULTIPROC_DIR"),
+            cors_origins=_origins(get("CORS_ORIGINS") or "", problems),
             production=production,
         )
         if problems:
@@ -158,3 +162,18 @@ def _api_tokens(raw: str, problems: list[str]) -> dict[str, frozenset[str]]:
             return {}
         tokens[token.strip()] = names
     return tokens
+
+
+def _origins(raw: str, problems: list[str]) -> tuple[str, ...]:
+    """Parse `https://crm.example.com,http://localhost:5173` (or `*`)."""
+    origins = tuple(filter(None, (part.strip().rstrip("/") for part in raw.split(","))))
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (
+            parts.scheme not in ("http", "https") or not parts.hostname or parts.path
+        ):
+            problems.append(
+                f"CORS_ORIGINS entries must be * or scheme://host[:port] (got {origin!r})"
+            )
+            return ()
+    return origins

@@ -411,3 +411,34 @@ def test_bad_limit_after_or_before_gets_400_with_a_clear_message(
 
     assert answer.status == 400
     assert answer.json()["error"].startswith(message)
+
+
+def test_cors_origins_may_call_the_api_from_a_browser_and_others_may_not(database_url: str) -> None:
+    allowed = "https://crm.example.com"
+    server = start_web(database_url, API_TOKENS=f"{STAR_TOKEN}:*", CORS_ORIGINS=allowed)
+    auth = {"Authorization": f"Bearer {STAR_TOKEN}"}
+    try:
+        path = f"/api/instances/{_instance('cors')}/chats"
+        preflight = server.request(
+            "OPTIONS",
+            path,
+            headers={
+                "Origin": allowed,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        read = server.request("GET", path, headers={"Origin": allowed, **auth})
+        refused = server.request("GET", path, headers={"Origin": allowed})
+        stranger = server.request("GET", path, headers={"Origin": "https://evil.example", **auth})
+    finally:
+        server.stop()
+
+    assert preflight.status == 200
+    assert preflight.headers["access-control-allow-origin"] == allowed
+    assert "GET" in preflight.headers["access-control-allow-methods"]
+    assert preflight.headers["access-control-allow-headers"] == "authorization"
+    assert read.status == 200 and read.headers["access-control-allow-origin"] == allowed
+    # An error is readable too, so the page can tell a bad token from a network failure.
+    assert refused.status == 401 and refused.headers["access-control-allow-origin"] == allowed
+    assert stranger.status == 200 and "access-control-allow-origin" not in stranger.headers
