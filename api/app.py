@@ -134,7 +134,13 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
     app.add_route("/openapi.json", OpenApiResource(admin))
     for error, status in _ERRORS.items():
         app.add_error_handler(error, _handler(status))
+    app.set_error_serializer(_framework_error)
     return app
+
+
+def _framework_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    """falcon's own errors (no such route, a method a route lacks) in our one error shape."""
+    resp.media = {"error": error.description or error.title}
 
 
 def create_services(settings: Settings, lifecycle: Lifecycle | None = None) -> Services:

@@ -442,3 +442,12 @@ def test_cors_origins_may_call_the_api_from_a_browser_and_others_may_not(databas
     # An error is readable too, so the page can tell a bad token from a network failure.
     assert refused.status == 401 and refused.headers["access-control-allow-origin"] == allowed
     assert stranger.status == 200 and "access-control-allow-origin" not in stranger.headers
+
+
+def test_errors_falcon_answers_itself_have_the_same_shape_as_ours(reads: WebServer) -> None:
+    no_route = _get(reads, "/api/nothing/here")
+    no_method = reads.request("DELETE", f"/api/instances/{_instance('x')}/chats")
+    ours = _get(reads, f"/api/instances/{_instance('x')}/chats?limit=zero")
+
+    assert (no_route.status, no_method.status, ours.status) == (404, 405, 400)
+    assert [set(answer.json()) for answer in (no_route, no_method, ours)] == [{"error"}] * 3
