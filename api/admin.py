@@ -11,10 +11,8 @@ from api.auth import bearer, digest
 from events.errors import ZaplineError
 from events.pool import Pool
 from pipeline import status
-from projections import rebuild
-from projections.runner import PROJECTION
+from projections import PROJECTION_NAMES, rebuild
 
-PROJECTIONS = (PROJECTION,)
 # A request not picked up by a worker within this long may be asked for again.
 REQUEST_STALE_SECONDS = 600
 
@@ -68,8 +66,9 @@ class RebuildResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         self._auth.require(req)
-        if name not in PROJECTIONS:
+        if name not in PROJECTION_NAMES:
             raise UnknownProjection(f"no projection named {name!r}")
+        name = PROJECTION_NAMES[name]
         with self._pool.connection() as conn, conn, conn.cursor() as cur:
             if rebuild.is_running(cur, name):
                 raise Conflict(f"a rebuild of {name} is already running")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from events.errors import ZaplineError
 from pipeline.config import Settings
+from projections import PROJECTION_NAMES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,7 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="projections, lag, parked events, workers, queues")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     replay = commands.add_parser("replay", help="re-apply stored events to a projection")
-    replay.add_argument("--projection", choices=["messages"], help="required unless --media-failed")
+    replay.add_argument(
+        "--projection",
+        choices=sorted(PROJECTION_NAMES),
+        help="required unless --media-failed; chats and media name the messages projection",
+    )
     replay.add_argument("--from", dest="first", type=_position, default=1, metavar="POS")
     replay.add_argument("--to", dest="last", type=_position, metavar="POS")
     replay.add_argument("--instance", metavar="NAME")
@@ -50,7 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rebuild = commands.add_parser(
         "rebuild", help="rebuild a projection from the first event without read downtime"
     )
-    rebuild.add_argument("name", choices=["messages"], metavar="NAME", help="messages")
+    rebuild.add_argument(
+        "name",
+        choices=sorted(PROJECTION_NAMES),
+        metavar="NAME",
+        help="messages (chats and media name it too: it builds them)",
+    )
     rebuild.add_argument(
         "--dry-run", action="store_true", help="build and print the differences; do not swap"
     )
@@ -62,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands.add_parser("dev", help="run everything locally in the foreground (make run)")
     args = parser.parse_args(argv)
+    for field in ("projection", "name"):
+        given = getattr(args, field, None)
+        if given is not None and PROJECTION_NAMES[given] != given:
+            print(f"{given} are built by the {PROJECTION_NAMES[given]} projection", flush=True)
+            setattr(args, field, PROJECTION_NAMES[given])
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "web": _web,
         "worker": _worker,

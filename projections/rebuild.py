@@ -12,9 +12,10 @@
    tables and rename the shadows in their place. Readers wait only for the renames (a
    catalog change) and then see the whole new projection; the checkpoint does not move.
 
-The `media` table is shared, not rebuilt: its ids are public (`GET /api/media/{id}`) and its
-storage state comes from uploads, not from events. The shadow upserts the same rows the live
-projection already made, and takes each message's media status from it at swap time.
+The `media` table is shared, not rebuilt from scratch: its ids are public (`GET
+/api/media/{id}`) and its storage state comes from uploads, not from events. The shadow
+upserts the rows its messages need (the live projection's, or new ones where they are
+missing), and takes each message's media status from them at swap time.
 Rows the rebuild removes are counted but not pushed: the feed has no removal change.
 """
 

@@ -45,6 +45,16 @@ def test_a_command_that_cannot_reach_the_database_exits_1_with_one_line(args: li
     assert "database" in line
 
 
+@pytest.mark.parametrize("name", ["chats", "media"])
+def test_chats_and_media_name_the_messages_projection(database_url: str, name: str) -> None:
+    replayed = _run("replay", "--projection", name, "--dry-run", DATABASE_URL=database_url)
+    discarded = _run("rebuild", name, "--discard", DATABASE_URL=database_url)
+    for result in (replayed, discarded):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"{name} are built by the messages projection\n")
+    assert "rebuild of messages: shadow discarded" in discarded.stdout
+
+
 def test_web_on_a_taken_port_exits_1_with_one_line_at_once() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

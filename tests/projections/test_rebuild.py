@@ -347,8 +347,10 @@ def test_the_admin_route_has_the_worker_rebuild_and_reports_its_state(history: s
     web = start_web(url, ADMIN_TOKEN=ADMIN)
     auth = {"Authorization": f"Bearer {ADMIN}"}
     try:
-        posted = web.request("POST", "/admin/projections/messages/rebuild", headers=auth)
+        # "chats" names the messages projection, which builds them.
+        posted = web.request("POST", "/admin/projections/chats/rebuild", headers=auth)
         assert posted.status == 202, posted.body
+        assert posted.json()["projection"] == "messages"
 
         def finished() -> Any:
             [projection] = web.request("GET", "/admin/projections", headers=auth).json()[
