@@ -140,6 +140,7 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
 
 def _framework_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """falcon's own errors (no such route, a method a route lacks) in our one error shape."""
+    resp.content_type = falcon.MEDIA_JSON  # whatever the resource had set before it failed
     resp.media = {"error": error.description or error.title}
 
 

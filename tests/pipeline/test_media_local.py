@@ -112,6 +112,34 @@ def test_inline_png_is_stored_and_served_with_the_same_sha256(stack: Stack) -> N
     assert hashlib.sha256(answer.body).hexdigest() == digest
 
 
+def test_ranges_of_a_local_file_are_served_as_parts_for_players_to_seek(stack: Stack) -> None:
+    image = png(64, 64, seed=7)
+    stack.web.post_webhook(image_upsert("local", "PNGR", image))
+    media = stack.settled("local", "PNGR")
+
+    def get(byte_range: str) -> Any:
+        return stack.web.request(
+            "GET",
+            f"/api/media/{media['id']}",
+            headers={"Authorization": f"Bearer {READER}", "Range": byte_range},
+        )
+
+    size = len(image)
+    for asked, (first, last) in {
+        "bytes=0-99": (0, 99),
+        "bytes=100-": (100, size - 1),
+        "bytes=-10": (size - 10, size - 1),
+        f"bytes=5-{size + 1000}": (5, size - 1),
+    }.items():
+        answer = get(asked)
+        assert answer.status == 206, asked
+        assert answer.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert answer.body == image[first : last + 1], asked
+    assert get(f"bytes={size}-").status == 416
+    whole = get("pages=1-2")  # a unit we do not serve: the whole file, as without Range
+    assert (whole.status, whole.body, whole.headers["accept-ranges"]) == (200, image, "bytes")
+
+
 def test_storing_reaches_the_message_and_the_feed_as_message_updated(stack: Stack) -> None:
     image = png(8, 8, seed=2)
     stack.web.post_webhook(image_upsert("local", "PNG2", image))
