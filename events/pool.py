@@ -37,8 +37,9 @@ class Pool:
         self._dsn = dsn
         self._size = size
         self._connect_timeout = connect_timeout
-        self._options = (
-            f"-c statement_timeout={statement_timeout_ms}" if statement_timeout_ms else ""
+        # A 200 promises a durable commit: never leave that to a database's or role's default.
+        self._options = "-c synchronous_commit=on" + (
+            f" -c statement_timeout={statement_timeout_ms}" if statement_timeout_ms else ""
         )
         self._wait_timeout = wait_timeout
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()

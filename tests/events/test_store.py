@@ -33,6 +33,18 @@ def store(fresh_database_url: str) -> EventStore:
     return EventStore(Pool(fresh_database_url, size=16))
 
 
+def test_commits_are_durable_even_where_the_database_defaults_to_asynchronous_commit(
+    fresh_database_url: str,
+) -> None:
+    name = fresh_database_url.rsplit("/", 1)[1]
+    sql(BASE_URL.rstrip("/") + "/postgres", f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    pool = Pool(fresh_database_url, size=1)
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("SHOW synchronous_commit")
+        assert cur.fetchone()[0] == "on"
+    pool.close()
+
+
 def test_a_redelivery_returns_the_first_position_and_stores_nothing(store: EventStore) -> None:
     [first] = store.append([_webhook("A")])
     [again] = store.append([_webhook("A")])
