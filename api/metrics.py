@@ -91,10 +91,18 @@ class StateCollector:
         self._redis = redis
 
     def collect(self) -> Iterator[Metric]:
+        # A scrape still answers with what it could read; whether the database figures are
+        # in it is a gauge of its own, so an alert on their absence can fire.
+        up = GaugeMetricFamily(
+            "zapline_database_up", "1 when this scrape read its figures from PostgreSQL."
+        )
         try:
-            yield from self._from_database()
-        except Exception as error:  # a scrape still answers with what it could read
+            yield from list(self._from_database())
+            up.add_metric([], 1)
+        except Exception as error:
             log.warning("metrics: database", extra={"fields": {"error": type(error).__name__}})
+            up.add_metric([], 0)
+        yield up
         try:
             yield from self._from_workers()
         except Exception as error:
@@ -136,7 +144,7 @@ class StateCollector:
         yield from (lag, lag_s, checkpoint, parked, rebuild_done, rebuilding, head)
         media = GaugeMetricFamily("zapline_media", "Media rows by state.", labels=["state"])
         with self._pool.connection() as conn, conn, conn.cursor() as cur:
-            cur.execute("SET LOCAL statement_timeout = '2s'")
+            cur.execute(f"SET LOCAL statement_timeout = '{status.READ_TIMEOUT}'")
             cur.execute("SELECT status, count(*) FROM media GROUP BY status")
             counts = dict(cur.fetchall())
         for state in sorted({"pending", "stored", "failed", *counts}):

@@ -17,9 +17,18 @@ from projections.rebuild import is_running
 QUEUES = ("projections", "media", "rebuilds")
 
 
+# How long status reads may take (metrics scrapes too: Prometheus gives up after 10 s).
+READ_TIMEOUT = "3s"
+
+
 def projections(pool: Pool) -> list[dict[str, Any]]:
-    """Checkpoint, head, lag in events and seconds, and parked count of every projection."""
+    """Checkpoint, head, lag in events and seconds, and parked count of every projection.
+
+    Bounded: a database that holds these reads up (a lock, an overload) fails them within a
+    few seconds rather than holding up a scrape or an operator.
+    """
     with pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(f"SET LOCAL statement_timeout = '{READ_TIMEOUT}'")
         cur.execute("SELECT coalesce(max(position), 0) FROM events")
         head = int(cur.fetchone()[0])
         cur.execute(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 
+import psycopg2
 import pytest
 
 from tests.conftest import WebServer, start_web, wait_for
@@ -125,6 +127,28 @@ def test_metrics_report_projection_lag_parked_media_sockets_and_workers(
         'zapline_append_seconds_bucket{le="0.05"}',
     ):
         assert re.search(rf"^{re.escape(family)} ", text, re.M), family
+    assert _value(text, "zapline_database_up") == 1
+
+
+def test_a_database_that_holds_the_reads_up_gives_a_prompt_scrape_that_says_so(
+    database_url: str,
+) -> None:
+    server = start_web(database_url, ADMIN_TOKEN=ADMIN)
+    blocker = psycopg2.connect(database_url)
+    try:
+        with blocker.cursor() as cur:  # kept until rollback: every lag read waits on it
+            cur.execute("LOCK TABLE parked IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        text = _metrics(server)
+        took = time.monotonic() - started
+    finally:
+        blocker.rollback()
+        blocker.close()
+        server.stop()
+
+    # Well inside Prometheus' 10 s scrape timeout, and an alert on the gauge can fire.
+    assert took < 9, f"took {took:.1f} s"
+    assert re.search(r"^zapline_database_up 0\.0$", text, re.M) and "zapline_workers" in text
 
 
 def test_admin_projections_reports_checkpoint_head_lag_parked_and_rebuild(
