@@ -82,9 +82,20 @@ class RebuildResource:
                 " RETURNING requested_at",
                 (name, REQUEST_STALE_SECONDS),
             )
-            if cur.fetchone() is None:
+            found = cur.fetchone()
+            if found is None:
                 raise Conflict(f"a rebuild of {name} is already requested")
-        self._send(name)
+        try:
+            self._send(name)
+        except ZaplineError as error:
+            # Nobody will run it: say so, and leave the door open for the retry a 503 asks for.
+            with self._pool.connection() as conn, conn, conn.cursor() as cur:
+                cur.execute(
+                    "UPDATE rebuilds SET state = 'failed', error = %s, updated_at = now()"
+                    " WHERE projection = %s AND state = 'requested' AND requested_at = %s",
+                    (f"request not delivered to a worker: {error}", name, found[0]),
+                )
+            raise
         resp.status = falcon.HTTP_202
         resp.media = {
             "projection": name,

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
-from tests.conftest import WebServer, start_web, wait_for
+from tests.conftest import WebServer, drop_database, new_database, sql, start_web, wait_for
+from tests.netutil import free_port
 
 pytestmark = pytest.mark.services
 
@@ -166,6 +167,25 @@ def test_admin_projections_reports_checkpoint_head_lag_parked_and_rebuild(
     assert projection["projection"] == "messages"
     for field in ("checkpoint", "head", "lag_events", "lag_seconds", "parked", "rebuild"):
         assert field in projection
+
+
+def test_a_rebuild_request_the_broker_refuses_is_503_and_may_be_retried_at_once() -> None:
+    url = new_database()
+    server = start_web(
+        url, ADMIN_TOKEN=ADMIN, RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    )
+    try:
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        first = server.request("POST", "/admin/projections/messages/rebuild", headers=auth)
+        again = server.request("POST", "/admin/projections/messages/rebuild", headers=auth)
+        [(state, error)] = sql(url, "SELECT state, error FROM rebuilds")
+    finally:
+        server.stop()
+        drop_database(url)
+
+    # Not "already requested": nothing will run the first, and the row says why.
+    assert (first.status, again.status) == (503, 503)
+    assert state == "failed" and error.startswith("request not delivered to a worker")
 
 
 def test_rebuilding_an_unknown_projection_is_404(admin_web: WebServer) -> None:
