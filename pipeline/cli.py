@@ -94,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `status | head -1`: the reader left. No traceback, and none at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _web(args: argparse.Namespace, settings: Settings) -> int:
@@ -229,7 +233,16 @@ def _replay_media_failed(args: argparse.Namespace, settings: Settings) -> int:
         print(f"would retry {len(ids)} failed media")
         return 0
     # Back to pending first, then queued: a lost message is picked up by the worker's sweep.
-    send_store_media(settings, ids)
+    try:
+        send_store_media(settings, ids)
+    except Exception as error:
+        print(
+            f"error: {len(ids)} failed media are pending again, but the broker did not take them"
+            f" ({type(error).__name__}); the worker's sweep queues them within"
+            f" {settings.media_max_backoff_ms // 60_000 + 5} minutes",
+            file=sys.stderr,
+        )
+        return 1
     print(f"retrying {len(ids)} failed media (now pending, attempts reset)")
     return 0
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, drop_database, new_database, sql
 from tests.netutil import free_port
 
 pytestmark = pytest.mark.services
@@ -53,6 +53,24 @@ def test_chats_and_media_name_the_messages_projection(database_url: str, name: s
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"{name} are built by the messages projection\n")
     assert "rebuild of messages: shadow discarded" in discarded.stdout
+
+
+def test_media_retried_while_the_broker_is_down_exit_1_with_one_line_and_stay_pending() -> None:
+    url = new_database()
+    try:
+        sql(
+            url,
+            "INSERT INTO media (instance, key_id, status, reason) VALUES ('a', 'K', 'failed', 'x')",
+        )
+        broker = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+        result = _run("replay", "--media-failed", DATABASE_URL=url, RABBITMQ_URL=broker)
+        [(status,)] = sql(url, "SELECT status FROM media")
+    finally:
+        drop_database(url)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "1 failed media are pending again" in line and "sweep" in line
+    assert status == "pending"
 
 
 def test_web_on_a_taken_port_exits_1_with_one_line_at_once() -> None:
