@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,12 +252,55 @@ def _swap(
         cur.execute(
             "UPDATE parked SET projection = %s WHERE projection = %s", (name, SHADOW.parked_as)
         )
-        # Readers queue behind these renames; if one holds them up, give up and retry.
-        cur.execute("SET LOCAL lock_timeout = '3s'")
+        _lock_live_tables(cur)
         for live_table, shadow in PAIRS:
             _replace(cur, live_table, shadow)
         _finish(cur, name, "done", summary)
     return Outcome("done", done, summary, feed, count)
+
+
+# Taking the live tables for the renames: readers queue behind a waiting lock, so each try
+# waits briefly, and the tries go on, with pauses for those readers, for up to ~15 s in all.
+LOCK_TRIES = 30
+LOCK_WAIT = "200ms"
+LOCK_PAUSE_SECONDS = 0.3
+
+
+def _lock_live_tables(cur: Any) -> None:
+    """Lock the live tables for the renames, a short wait at a time.
+
+    Raises:
+        psycopg2.errors.LockNotAvailable: other sessions held them all along; the message
+            names those sessions (an open transaction that read the tables, typically).
+    """
+    tables = ", ".join(live for live, _ in PAIRS)
+    for _ in range(LOCK_TRIES):
+        cur.execute("SAVEPOINT swap_locks")
+        try:
+            cur.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+            cur.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+            return
+        except psycopg2.errors.LockNotAvailable:
+            cur.execute("ROLLBACK TO SAVEPOINT swap_locks")
+            time.sleep(LOCK_PAUSE_SECONDS)
+    raise psycopg2.errors.LockNotAvailable(
+        f"the live tables stayed locked by other sessions: {_lock_holders(cur)}; end those"
+        " (or wait for them) and run the rebuild again: it resumes from its shadow"
+    )
+
+
+def _lock_holders(cur: Any) -> str:
+    cur.execute(
+        "SELECT DISTINCT a.pid, a.state, extract(epoch FROM now() - a.xact_start)::int,"
+        " left(a.query, 60) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.relation = ANY(%s::regclass[]) AND l.pid <> pg_backend_pid()",
+        ([live for live, _ in PAIRS],),
+    )
+    holders = [
+        f"pid {pid} ({state}, in a transaction for {seconds} s: {query!r})"
+        for pid, state, seconds, query in cur.fetchall()
+    ]
+    return "; ".join(holders) or "none left by now"
 
 
 # --- steps ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
+from projections import rebuild
 from projections.catchup import catch_up
 from tests.conftest import (
     ROOT,
@@ -317,6 +318,41 @@ def test_a_dry_run_prints_the_differences_and_changes_nothing(history: str) -> N
     assert sql(url, "SELECT state FROM rebuilds") == [("built",)]
     assert _run(url, "rebuild", "messages", "--discard").returncode == 0
     assert sql(url, "SELECT to_regclass('messages__rebuild') IS NULL") == [(True,)]
+
+
+def test_a_transaction_holding_the_live_tables_for_12_s_delays_the_swap_but_does_not_fail_it(
+    history: str,
+) -> None:
+    # An analyst's BEGIN; SELECT ... left open: the swap's renames must wait it out in short
+    # tries (each holding readers up briefly), not give up after a few long ones.
+    url = history
+    blocker = psycopg2.connect(url)
+    with blocker.cursor() as cur:
+        cur.execute("SELECT count(*) FROM messages")
+    timer = threading.Timer(12, blocker.rollback)
+    timer.start()
+    try:
+        result = _run(url, "rebuild", "messages")
+    finally:
+        timer.join()
+        blocker.close()
+    assert result.returncode == 0, result.stderr
+    assert sql(url, "SELECT state FROM rebuilds") == [("done",)]
+
+
+def test_the_sessions_holding_the_live_tables_are_named_for_the_operator(history: str) -> None:
+    blocker, looker = psycopg2.connect(history), psycopg2.connect(history)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("SELECT count(*) FROM chats")
+            cur.execute("SELECT pg_backend_pid()")
+            [pid] = cur.fetchone()
+        with looker.cursor() as cur:
+            named = rebuild._lock_holders(cur)
+    finally:
+        blocker.close()
+        looker.close()
+    assert f"pid {pid} (idle in transaction" in named
 
 
 def test_only_one_rebuild_of_a_projection_runs_at_a_time(history: str) -> None:
