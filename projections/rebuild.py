@@ -340,17 +340,24 @@ def _refresh_media_status(cur: Any) -> None:
 
 
 _KEYS = {"messages": "key_id", "message_holds": "key_id", "chats": "chat_jid"}
-_COMPARED = {"messages": "data", "message_holds": "held", "chats": "data"}
+# What readers see of a row: its data, and the columns that place and order it.
+_COMPARED = {
+    "messages": ("data", "chat_jid", "sent_at"),
+    "message_holds": ("held",),
+    "chats": ("data", "last_message_at"),
+}
 
 
 def _summarise(cur: Any) -> Summary:
     summary = Summary()
     for live, shadow in PAIRS:
-        key, column = _KEYS[live], _COMPARED[live]
+        key, columns = _KEYS[live], _COMPARED[live]
+        differs = " OR ".join(f"l.{c} IS DISTINCT FROM s.{c}" for c in columns)
         cur.execute(
             f"SELECT count(*) FILTER (WHERE l.{key} IS NULL),"
             f" count(*) FILTER (WHERE s.{key} IS NULL),"
-            f" count(*) FILTER (WHERE l.{column} <> s.{column})"
+            f" count(*) FILTER (WHERE l.{key} IS NOT NULL AND s.{key} IS NOT NULL"
+            f" AND ({differs}))"
             f" FROM {live} l FULL JOIN {shadow} s"
             f" ON l.instance = s.instance AND l.{key} = s.{key}"
         )

@@ -309,10 +309,14 @@ def test_an_interrupted_rebuild_resumes_from_its_shadow_checkpoint(history: str)
 def test_a_dry_run_prints_the_differences_and_changes_nothing(history: str) -> None:
     url = history
     sql(url, "DELETE FROM messages WHERE instance = 'rb0' AND key_id = 'M0'")
+    # A row in the wrong place changes what readers see though its data does not differ.
+    sql(url, "UPDATE messages SET sent_at = sent_at - interval '1 year' WHERE key_id = 'M1'")
+    sql(url, "UPDATE chats SET last_message_at = NULL WHERE chat_jid = %s", (CHAT,))
     before = (_projection(url), sql(url, "SELECT count(*), max(cursor) FROM feed"))
     dry = _run(url, "rebuild", "messages", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "messages: 1 added, 0 removed, 0 changed" in dry.stdout
+    assert "messages: 1 added, 0 removed, 1 changed" in dry.stdout
+    assert "chats: 0 added, 0 removed, 1 changed" in dry.stdout
     assert (_projection(url), sql(url, "SELECT count(*), max(cursor) FROM feed")) == before
     # the shadow is kept for the real run, and --discard drops it
     assert sql(url, "SELECT state FROM rebuilds") == [("built",)]
