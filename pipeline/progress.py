@@ -19,8 +19,13 @@ class Progress:
         self._started = time.monotonic()
         self._last = 0.0
         self._done = 0
+        self._written = -1
+        # Where this run started (a resumed rebuild starts part-way): the rate is this run's.
+        self._first: int | None = None
 
     def update(self, done: int, total: int | None = None) -> None:
+        if self._first is None:
+            self._first = done
         self._done = done
         if total is not None:
             self._total = total
@@ -29,14 +34,16 @@ class Progress:
             self._write()
 
     def done(self) -> None:
-        self._write()
+        if self._written != self._done:  # the last update may have written it already
+            self._write()
         if self._tty:
             self._stream.write("\n")
         self._stream.flush()
 
     def _write(self) -> None:
+        self._written = self._done
         elapsed = max(time.monotonic() - self._started, 1e-6)
-        rate = self._done / elapsed
+        rate = (self._done - (self._first or 0)) / elapsed
         left = max(self._total - self._done, 0)
         eta = f"{left / rate:.0f} s" if rate > 0 else "?"
         text = f"{self._label}: {self._done}/{self._total} ({rate:.0f}/s, ETA {eta})"
