@@ -185,8 +185,8 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     catchup.freeze_start_up_objects()
     with rebuilds.connection(settings) as conn:
         if args.discard:
-            rebuild.discard(conn, args.name)
-            print(f"rebuild of {args.name}: shadow discarded")
+            found = rebuild.discard(conn, args.name)
+            print(f"rebuild of {args.name}: " + ("shadow discarded" if found else "no shadow"))
             return 0
         progress = Progress("rebuild", 0)
         outcome = rebuild.run(

@@ -137,8 +137,9 @@ def run(
         _release_rebuild_lock(conn, name)
 
 
-def discard(conn: Any, name: str = PROJECTION) -> None:
-    """Drop a shadow left by a dry run or an interrupted rebuild.
+def discard(conn: Any, name: str = PROJECTION) -> bool:
+    """Drop a shadow left by a dry run or an interrupted rebuild; False when there is none
+    (the record of the last rebuild is then left as it is).
 
     Raises:
         AlreadyRunning: a rebuild is running; it would be left without its tables.
@@ -146,12 +147,16 @@ def discard(conn: Any, name: str = PROJECTION) -> None:
     _take_rebuild_lock(conn, name)
     try:
         with conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (SHADOW.messages,))
+            if not cur.fetchone()[0]:
+                return False
             _drop_shadow(cur)
             cur.execute(
                 "UPDATE rebuilds SET state = 'discarded', updated_at = now(),"
                 " finished_at = now() WHERE projection = %s",
                 (name,),
             )
+            return True
     finally:
         _release_rebuild_lock(conn, name)
 
