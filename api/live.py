@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import socket
-import struct
 import time
 from typing import Any
 
@@ -43,6 +42,8 @@ CHECK_SECONDS = 2.0
 QUEUE_LIMIT = 1000
 PAGE = 1000
 DB_READERS = 3  # sockets of one web process reading the feed table at once
+# How long a close waits for a frame being written to a slow client before dropping it.
+CLOSE_WAIT_SECONDS = 1.0
 _FILL = (-1, "")  # queue marker: catch up from the feed table
 
 
@@ -85,18 +86,16 @@ class Subscriber:
         self.send_json(type="ping", cursor=self.last)
 
     def close(self, code: int, reason: str = "") -> None:
-        """Send a close frame with `code` and let go of the socket.
-
-        gevent-websocket 0.10.1's close() never writes the code (the client sees 1005) and
-        turns a reason into an invalid frame, so the frame is built here.
-        """
+        """Send a close frame with `code` and let go of the socket; a socket stuck mid-frame
+        on a client that does not read is dropped instead, rather than break that frame or
+        hold up the shutdown (api/server.py's OneWriterWebSocket)."""
         if self.closed:
             return
         self.closed = True
         ws = self.ws
         try:
-            if not ws.closed:
-                ws.send_frame(struct.pack("!H", code) + reason.encode()[:120], ws.OPCODE_CLOSE)
+            if not ws.closed and not ws.send_close(code, reason, CLOSE_WAIT_SECONDS):
+                ws.handler.socket.shutdown(socket.SHUT_RDWR)
         except (WebSocketError, OSError):
             pass
         finally:
@@ -149,9 +148,12 @@ class Hub:
 
     def close_all(self, code: int = SERVICE_RESTART) -> None:
         """Close every socket with `code` (1012 on shutdown: clients reconnect at once)."""
-        for subs in list(self._subscribers.values()):
-            for sub in list(subs):
-                sub.close(code, "service restart")
+        closing = [
+            gevent.spawn(sub.close, code, "service restart")
+            for subs in list(self._subscribers.values())
+            for sub in list(subs)
+        ]
+        gevent.joinall(closing, timeout=CLOSE_WAIT_SECONDS + 1)  # together: one slow is 1 s
 
     def _listen(self) -> None:
         pause = 0.5

@@ -216,11 +216,14 @@ def _head(cur: Any, instance: str) -> int:
 
 
 def _pruned_past(after: int, oldest: int | None, head: int | None) -> bool:
-    """Whether changes right after `after` were pruned from the feed (the client must reload).
+    """Whether the client must reload: changes right after `after` were pruned from the
+    feed, or `after` is ahead of it (another instance's cursor, or a restored database).
 
     Cursors have no gaps, so the first retained one is the oldest row's, or the head's next
     when every row of the instance has been pruned.
     """
+    if after > (head or 0):
+        return True
     first = oldest if oldest is not None else (head + 1 if head is not None else None)
     return first is not None and after < first - 1
 

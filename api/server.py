@@ -8,15 +8,48 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
+from geventwebsocket.websocket import WebSocket
 
 # gunicorn imports this module in its master process: it must import nothing of ours that
 # pulls in drivers before the worker's gevent monkey-patching.
 WS_PATH = "/ws"
 # Set by the connection handler when it asks the app whether to upgrade a request.
 PRECHECK = "zapline.websocket.precheck"
+
+
+class OneWriterWebSocket(WebSocket):
+    """A WebSocket that writes one frame at a time.
+
+    The socket's writer, gevent-websocket's pongs (from the reading greenlet) and a
+    shutdown's close frame each write from a greenlet of their own; while a frame waits on a
+    slow client, another's bytes would land in its middle and break the stream.
+    """
+
+    __slots__ = ("writing",)
+
+    def __init__(self, environ: Any, stream: Any, handler: Any) -> None:
+        super().__init__(environ, stream, handler)
+        self.writing = gevent.lock.Semaphore()
+
+    def send_frame(self, message: Any, opcode: int) -> None:
+        with self.writing:
+            super().send_frame(message, opcode)
+
+    def send_close(self, code: int, reason: str, wait: float) -> bool:
+        """Write a close frame with `code` (gevent-websocket's close() writes none); False
+        when a frame still being written kept the socket for `wait` seconds."""
+        if not self.writing.acquire(timeout=wait):
+            return False
+        try:
+            frame = code.to_bytes(2, "big") + reason.encode()[:120]
+            super().send_frame(frame, self.OPCODE_CLOSE)
+        finally:
+            self.writing.release()
+        return True
 
 
 class ZaplineHandler(WebSocketHandler):
@@ -46,6 +79,15 @@ class ZaplineHandler(WebSocketHandler):
             return line
         finally:
             self.idle = False
+
+    def upgrade_connection(self) -> Any:
+        answer = super().upgrade_connection()
+        plain = getattr(self, "websocket", None)
+        if plain is not None and not isinstance(plain, OneWriterWebSocket):
+            plain.closed = True  # so that its __del__ writes no close frame
+            self.websocket = OneWriterWebSocket(self.environ, plain.stream, self)
+            self.environ["wsgi.websocket"] = self.websocket
+        return answer
 
     def log_request(self) -> None:
         """Nothing: api/requestlog.py logs each request (without its query string)."""

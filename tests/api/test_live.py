@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import signal
@@ -146,6 +147,88 @@ def test_a_cursor_older_than_the_retained_feed_gets_reset_then_live(stack) -> No
     live = _frames_until(ws, lambda fs: "AFTER" in _created_keys(fs))
     ws.close()
     assert live[0]["cursor"] == head + 1
+
+
+def test_a_cursor_ahead_of_the_feed_gets_reset_then_live_not_silence(stack) -> None:
+    # A cursor of another instance, or from before a database restore.
+    url, web = stack
+    assert web.post_webhook(_upsert("alpha", "F1")).status == 200
+    wait_for(lambda: projected_up_to_head(url))
+    head = sql(url, "SELECT cursor FROM feed_heads WHERE instance = 'alpha'")[0][0]
+    ws = _connect(web, "alpha", "tok-a", after=head + 500)
+    frames = _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+    assert frames == [{"type": "reset"}, {"type": "live", "cursor": head}]
+    assert web.post_webhook(_upsert("alpha", "F2")).status == 200
+    live = _frames_until(ws, lambda fs: "F2" in _created_keys(fs))
+    ws.close()
+    assert live[0]["cursor"] == head + 1
+
+
+def _raw_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked server frame in `data`, as far as it is complete."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, length, start = data[at] & 15, data[at + 1] & 127, at + 2
+        if length == 126:
+            length, start = int.from_bytes(data[start : start + 2], "big"), start + 2
+        elif length == 127:
+            length, start = int.from_bytes(data[start : start + 8], "big"), start + 8
+        if start + length > len(data):
+            break
+        frames.append((opcode, data[start : start + length]))
+        at = start + length
+    return frames
+
+
+def test_pongs_to_a_slow_reader_never_land_inside_a_data_frame(stack) -> None:
+    # given: a backlog of 200 KB frames, far more than the socket buffers hold, and a client
+    # on a slow link that pings while the server waits to write the rest of a frame
+    url, web = stack
+    frames_in_backlog = 40
+    sql(
+        url,
+        """INSERT INTO feed (instance, cursor, kind, key, data)
+        SELECT 'alpha', c, 'message.created', 'K' || c,
+               jsonb_build_object('text', repeat('x', 200000), 'n', c)
+        FROM generate_series(1, %(n)s) AS c;
+        INSERT INTO feed_heads (instance, cursor) VALUES ('alpha', %(n)s)""",
+        {"n": frames_in_backlog},
+    )
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", web.port))
+    client.settimeout(5)
+    client.sendall(
+        b"GET /ws?instance=alpha&token=tok-a&after=0 HTTP/1.1\r\nHost: x\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    received = b""
+    for n in range(100):  # ~1.5 s of a trickle, a masked ping each time (as libraries send)
+        client.sendall(bytes([0x89, 0x84, 0, 0, 0, 0]) + b"p%03d" % n)
+        received += client.recv(4096)
+        time.sleep(0.015)
+    # then read the rest at full speed
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        chunk = client.recv(1 << 20)
+        received += chunk
+        if not chunk or b'"type":"live"' in received[-(len(chunk) + 64) :]:
+            break
+    client.settimeout(1)
+    with contextlib.suppress(TimeoutError):  # the pongs still due
+        while chunk := client.recv(1 << 20):
+            received += chunk
+    client.close()
+
+    # then: every frame is whole, and the pongs came between them
+    frames = _raw_frames(received[received.index(b"\r\n\r\n") + 4 :])
+    texts = [json.loads(payload) for opcode, payload in frames if opcode == 1]
+    assert {opcode for opcode, _ in frames} <= {1, 10}
+    cursors = [f["cursor"] for f in texts if f["type"] != "live"]
+    assert cursors == list(range(1, frames_in_backlog + 1))
+    assert sum(opcode == 10 for opcode, _ in frames) > 0
 
 
 def test_an_idle_socket_gets_a_keep_alive_ping_within_25_s(stack) -> None:

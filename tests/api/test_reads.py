@@ -311,6 +311,8 @@ def test_feed_answers_reset_when_after_is_older_than_what_is_retained(
     assert feed(instance, 0) == {"items": [], "cursor": 10, "reset": True}
     assert feed(idle, 9) == {"items": [], "cursor": 10, "reset": True}
     assert feed(idle, 10) == {"items": [], "cursor": 10}
+    # A cursor ahead of the feed (another instance's, a restored database) resets too.
+    assert feed(instance, 11) == {"items": [], "cursor": 10, "reset": True}
 
 
 ROUTES = [
