@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from events.attachments import Attachment
 from events.errors import MediaRejected, MediaUnavailable
@@ -40,11 +41,13 @@ class MediaJobs:
         evolution: EvolutionMedia | None,
         *,
         max_attempts: int,
+        publish: Callable[[list[Any]], object] = lambda items: None,
     ) -> None:
         self._pool = pool
         self._storage = storage
         self._evolution = evolution
         self._max_attempts = max_attempts
+        self._publish = publish
 
     def store(self, media_id: int) -> str:
         """Make one attempt; return the media's state after it.
@@ -86,7 +89,7 @@ class MediaJobs:
             if not self._storage.exists(key):
                 self._storage.put(key, blob.spool, mimetype)
         with self._pool.connection() as conn:
-            rows.record_stored(
+            changed = rows.record_stored(
                 conn,
                 media.id,
                 sha256=blob.sha256,
@@ -94,14 +97,24 @@ class MediaJobs:
                 mimetype=mimetype,
                 storage_key=key,
             )
+        self._push(changed)
         log.info("media stored", extra={"fields": {"media": media.id, "size": blob.size}})
         return "stored"
 
     def _fail(self, media: Media, reason: str) -> str:
         with self._pool.connection() as conn:
-            rows.record_failed(conn, media.id, reason)
+            changed = rows.record_failed(conn, media.id, reason)
+        self._push(changed)
         log.warning("media failed", extra={"fields": {"media": media.id, "error": reason}})
         return "failed"
+
+    def _push(self, changed: list[Any]) -> None:
+        """Hand the message's new media state to live sockets now (they would otherwise find
+        it in the feed table within a couple of seconds)."""
+        try:
+            self._publish(changed)
+        except Exception as error:
+            log.warning("fan-out failed", extra={"fields": {"error": type(error).__name__}})
 
     @contextmanager
     def _bytes_of(self, media: Media) -> Iterator[Attachment | None]:

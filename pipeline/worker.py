@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -173,6 +174,7 @@ class Runtime:
             storage_from(settings),
             evolution,
             max_attempts=settings.media_max_attempts,
+            publish=functools.partial(fanout.publish, probes.redis_client(settings.redis_url)),
         )
 
 

@@ -7,13 +7,17 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from pipeline.fanout import CHANNEL_PREFIX
 from tests.conftest import (
     ROOT,
     WebServer,
@@ -110,6 +114,28 @@ def test_inline_png_is_stored_and_served_with_the_same_sha256(stack: Stack) -> N
     assert answer.headers["content-type"] == "image/png"
     assert int(answer.headers["content-length"]) == len(image)
     assert hashlib.sha256(answer.body).hexdigest() == digest
+
+
+def test_a_stored_media_reaches_live_sockets_through_redis_not_only_the_feed_table(
+    stack: Stack,
+) -> None:
+    instance = "live-media-" + uuid.uuid4().hex[:6]
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHANNEL_PREFIX + instance)
+    try:
+        stack.web.post_webhook(image_upsert(instance, "PNGL", png(8, 8, seed=9)))
+        stack.settled(instance, "PNGL")
+        published = ""
+        deadline = time.monotonic() + 10
+        while '"status":"stored"' not in published and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1)
+            if message is not None:
+                published += message["data"].decode()
+    finally:
+        pubsub.close()
+        client.close()
+    assert '"status":"stored"' in published
 
 
 def test_ranges_of_a_local_file_are_served_as_parts_for_players_to_seek(stack: Stack) -> None:
