@@ -95,7 +95,9 @@ def _read(response: Any, deadline: float) -> bytearray:
     if expected is not None and expected > MAX_RESPONSE_BYTES:
         raise MediaRejected(f"Evolution's answer is over {MAX_RESPONSE_BYTES} bytes")
     body = bytearray()
-    while piece := response.read(_READ_PIECE):
+    # read1 returns what one receive brings: read() would wait to fill the piece, so an
+    # answer trickling in byte by byte could hold the worker thread far past the deadline.
+    while piece := response.read1(_READ_PIECE):
         body += piece
         if len(body) > MAX_RESPONSE_BYTES:
             raise MediaRejected(f"Evolution's answer is over {MAX_RESPONSE_BYTES} bytes")

@@ -67,11 +67,13 @@ def image_upsert(instance: str, key_id: str, blob: bytes | None, **extra: Any) -
 
 @dataclass
 class Answer:
-    """One scripted answer: status, the file to send as base64, and a delay before it."""
+    """One scripted answer: status, the file to send as base64, a delay before it, and a
+    pause between the body's bytes (an answer that trickles in)."""
 
     status: int
     blob: bytes | None = None
     delay: float = 0.0
+    drip: float = 0.0
 
 
 @dataclass
@@ -85,6 +87,8 @@ class EvolutionStub:
     api_key: str = "evolution-test-key"
     script: dict[str, list[Answer]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # Per key id, how many bytes of a trickled answer went out before the client left.
+    trickled: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         stub = self
@@ -122,7 +126,14 @@ class EvolutionStub:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if not answer.drip:
+                        self.wfile.write(data)
+                    stub.trickled[key_id] = 0
+                    for byte in data if answer.drip else b"":  # ends when the client leaves
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        stub.trickled[key_id] += 1
+                        time.sleep(answer.drip)
 
             def log_message(self, *args: Any) -> None:
                 pass
