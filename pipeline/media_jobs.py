@@ -81,7 +81,7 @@ class MediaJobs:
         with self._bytes_of(media) as blob:
             if blob is None:
                 with self._pool.connection() as conn:
-                    rows.record_reason(conn, media.id, NO_SOURCE)
+                    rows.record_reason(conn, media.id, NO_SOURCE, tried=False)
                 return "pending"
             assert blob.spool is not None
             key = storage_key(blob.sha256)

@@ -71,12 +71,17 @@ def record_failed(conn: Any, media_id: int, reason: str) -> list[FeedItem]:
     )
 
 
-def record_reason(conn: Any, media_id: int, reason: str) -> None:
-    """Say why a media is still pending (waiting for a source, or the last attempt's error)."""
+def record_reason(conn: Any, media_id: int, reason: str, *, tried: bool = True) -> None:
+    """Say why a media is still pending (waiting for a source, or the last attempt's error).
+
+    `tried=False` takes back the attempt begin_attempt counted: with no source nothing was
+    tried, and a source configured later must get all its attempts.
+    """
     with conn, conn.cursor() as cur:
         cur.execute(
-            "UPDATE media SET reason = %s, updated_at = now() WHERE id = %s AND status = 'pending'",
-            (reason[:2000], media_id),
+            "UPDATE media SET reason = %s, attempts = attempts - %s, updated_at = now()"
+            " WHERE id = %s AND status = 'pending'",
+            (reason[:2000], 0 if tried else 1, media_id),
         )
 
 

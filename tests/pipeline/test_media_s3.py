@@ -125,3 +125,5 @@ def test_without_base64_or_evolution_the_media_stays_pending_with_a_reason(
         worker.stop()
     assert found[1] == "pending"
     assert "EVOLUTION_API_URL is not set" in found[4]
+    # Nothing was tried: a source configured later gets every attempt.
+    assert sql(url, "SELECT attempts FROM media WHERE key_id = 'NOSRC'") == [(0,)]
