@@ -103,6 +103,18 @@ def _insert_feed(url: str, instance: str, first: int, last: int, head: int) -> N
     )
 
 
+def _pages(reads: WebServer, path: str, count: int) -> list[Any]:
+    """`count` pages of a keyset-paged read, each asked for with the last one's next_before."""
+    pages: list[Any] = []
+    before = ""
+    for _ in range(count):
+        answer = _get(reads, f"{path}&before={before}")
+        assert answer.status == 200, answer.body
+        pages.append(answer.json())
+        before = pages[-1]["next_before"] or ""
+    return pages
+
+
 def _feed_cursors(answer: Response) -> list[int]:
     assert answer.status == 200, answer.body
     return [item["cursor"] for item in answer.json()["items"]]
@@ -160,12 +172,7 @@ def test_chat_pages_walk_every_chat_exactly_once_through_ties_and_undated_ones(
     )
 
     # when
-    pages, before = [], ""
-    for _ in range(3):
-        answer = _get(reads, f"/api/instances/{instance}/chats?limit=60&before={before}")
-        assert answer.status == 200, answer.body
-        pages.append(answer.json())
-        before = pages[-1]["next_before"] or ""
+    pages = _pages(reads, f"/api/instances/{instance}/chats?limit=60", 3)
 
     # then
     assert [len(page["items"]) for page in pages] == [60, 60, 10]
@@ -207,12 +214,7 @@ def test_keyset_pagination_walks_a_chats_120_messages_exactly_once_in_three_page
     expected += sorted(undated, key=lambda m: m["key_id"], reverse=True)
 
     # when
-    pages, before = [], ""
-    for _ in range(3):
-        answer = _get(reads, f"/api/instances/{instance}/chats/{JID}/messages?before={before}")
-        assert answer.status == 200, answer.body
-        pages.append(answer.json())
-        before = pages[-1]["next_before"] or ""
+    pages = _pages(reads, f"/api/instances/{instance}/chats/{JID}/messages?limit=50", 3)
 
     # then
     assert [len(page["items"]) for page in pages] == [50, 50, 20]
