@@ -294,10 +294,10 @@ class LiveResource:
         """Send everything in the feed after `sub.last`; reset when it was pruned past."""
         while not sub.closed:
             with self._readers, self._pool.connection() as conn, conn, conn.cursor() as cur:
-                rows, reset = read_feed(cur, sub.instance, sub.last, PAGE)
-            if reset:
+                rows, reset_to = read_feed(cur, sub.instance, sub.last, PAGE)
+            if reset_to is not None:
                 sub.send_json(type="reset")
-                sub.last = self._head(sub.instance)
+                sub.last = reset_to
                 return
             for cursor, text in rows:
                 sub.send(text)

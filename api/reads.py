@@ -134,20 +134,21 @@ class FeedResource:
         after = _whole(req, "after", default=0, low=0)
         limit = _limit(req, *FEED_LIMIT)
         with self._pool.connection() as conn, conn.cursor() as cur:
-            rows, reset = read_feed(cur, instance, after, limit)
-            if reset:
-                # Where to go on from once the client has reloaded: the head, as the
-                # WebSocket's "live" frame names it (a change after it shows in both, which
-                # a client applying changes by key takes in its stride).
-                _send(resp, [], cursor=_head(cur, instance), reset=True)
-                return
+            rows, reset_to = read_feed(cur, instance, after, limit)
+        if reset_to is not None:
+            # Where to go on from once the client has reloaded: the head, as the WebSocket's
+            # "live" frame names it (a change after it shows in both, which a client applying
+            # changes by key takes in its stride).
+            _send(resp, [], cursor=reset_to, reset=True)
+            return
         _send(resp, [frame for _, frame in rows], cursor=rows[-1][0] if rows else after)
 
 
 def read_feed(
     cur: Any, instance: str, after: int, limit: int
-) -> tuple[list[tuple[int, str]], bool]:
-    """Up to `limit` (cursor, frame JSON) after `after`, and whether `after` was pruned past."""
+) -> tuple[list[tuple[int, str]], int | None]:
+    """Up to `limit` (cursor, frame JSON) after `after`; and, when the feed cannot go on from
+    `after` (the client must reload), the head to go on from after that, else None."""
     cur.execute(_FEED, (instance, after, limit))
     # Framed as live changes are, so both read alike.
     rows = [(cursor, live_frame(cursor, kind, instance, data)) for cursor, kind, data in cur]
@@ -156,8 +157,8 @@ def read_feed(
     cur.execute(_RETAINED, (instance, instance))
     oldest, head = cur.fetchone()
     if _pruned_past(after, oldest, head):
-        return [], True
-    return rows, False
+        return [], head or 0
+    return rows, None
 
 
 def _chats_after(cur: Any, instance: str, before: str | None, want: int) -> list[tuple[str, str]]:
@@ -207,12 +208,6 @@ def _older_messages(
         cur.execute(_UNDATED, (instance, chat_jid, undated_from, undated_from, want - len(rows)))
         rows += cur.fetchall()
     return rows
-
-
-def _head(cur: Any, instance: str) -> int:
-    cur.execute("SELECT cursor FROM feed_heads WHERE instance = %s", (instance,))
-    row = cur.fetchone()
-    return int(row[0]) if row is not None else 0
 
 
 def _pruned_past(after: int, oldest: int | None, head: int | None) -> bool:
