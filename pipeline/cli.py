@@ -223,6 +223,7 @@ def _time(text: str) -> datetime:
 def _replay_media_failed(args: argparse.Namespace, settings: Settings) -> int:
     from events.pool import Pool
     from pipeline.actors import send_store_media
+    from pipeline.worker import sweep_idle_seconds
     from projections import media
 
     pool = Pool(settings.database_url, size=1)
@@ -239,7 +240,7 @@ def _replay_media_failed(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"error: {len(ids)} failed media are pending again, but the broker did not take them"
             f" ({type(error).__name__}); the worker's sweep queues them within"
-            f" {settings.media_max_backoff_ms // 60_000 + 5} minutes",
+            f" {sweep_idle_seconds(settings) / 60:.0f} minutes",
             file=sys.stderr,
         )
         return 1

@@ -41,7 +41,7 @@ class MediaJobs:
         evolution: EvolutionMedia | None,
         *,
         max_attempts: int,
-        publish: Callable[[list[Any]], object] = lambda items: None,
+        publish: Callable[[list[Any]], object],
     ) -> None:
         self._pool = pool
         self._storage = storage

@@ -125,8 +125,7 @@ class Projector:
         if time.monotonic() - self._last_sweep < SWEEP_EVERY_SECONDS:
             return
         self._last_sweep = time.monotonic()
-        idle = self._settings.media_max_backoff_ms / 1000 + 5 * 60
-        self._queue_media(media.stale(conn, idle_seconds=idle))
+        self._queue_media(media.stale(conn, idle_seconds=sweep_idle_seconds(self._settings)))
 
     def _prune(self, conn: Any) -> None:
         if time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
@@ -179,6 +178,12 @@ class Runtime:
 
 
 _RUNTIME: Runtime | None = None
+
+
+def sweep_idle_seconds(settings: Settings) -> float:
+    """How long a pending media waits untried before the sweep queues it again: longer than
+    any retry delay, so a retry in flight is not doubled."""
+    return settings.media_max_backoff_ms / 1000 + 5 * 60
 
 
 def runtime() -> Runtime | None:
