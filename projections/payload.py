@@ -108,11 +108,21 @@ def to_bytes(value: Any) -> bytes | None:
     return None
 
 
+# Unix seconds past this (the year 5138) can only be milliseconds, as some senders give them.
+_MILLISECONDS_FROM = 10**11
+
+
 def iso_utc(seconds: Any) -> str | None:
-    """Return unix seconds (int, string or Long) as an ISO 8601 UTC string, else None."""
+    """Return unix seconds (int, string or Long) as an ISO 8601 UTC string, else None.
+
+    Milliseconds are read as such: a five-digit year would sort after every real time and
+    hold the chat's last message for good.
+    """
     number = to_int(seconds)
     if number is None or number < 0:
         return None
+    if number >= _MILLISECONDS_FROM:
+        number //= 1000
     try:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(number))
     except (OverflowError, OSError, ValueError):

@@ -46,6 +46,7 @@ def test_to_bytes_reads_base64_strings_sent_before_2_3_6() -> None:
         (1749766101, "2025-06-12T22:08:21Z"),
         ("1705684429", "2024-01-19T17:13:49Z"),
         ({"low": 1781459144, "high": 0, "unsigned": False}, "2026-06-14T17:45:44Z"),
+        (1749766101123, "2025-06-12T22:08:21Z"),  # milliseconds
         (None, None),
         ("yesterday", None),
     ],
