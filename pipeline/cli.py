@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from events.errors import ZaplineError
+from pipeline import logs
 from pipeline.config import Settings
 from projections import PROJECTION_NAMES
 
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rebuild": _rebuild,
         "dev": _dev,
     }
+    if args.command in ("migrate", "status", "replay", "rebuild"):
+        logs.configure_terminal()
     try:
         settings = Settings.from_env()
         return handlers[args.command](args, settings)
@@ -166,6 +169,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     pool = Pool(settings.database_url, size=1)
     with pool.connection() as conn:
         progress = Progress("replay", count(conn, selection))
+        progress.update(0)  # the rate counts from here
         result = replay(conn, selection, dry_run=args.dry_run, progress=progress.update)
     progress.done()
     changes = ", ".join(f"{n} {kind}" for kind, n in sorted(result.changes.items())) or "none"

@@ -24,6 +24,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """Formats a record as one line for a person at a terminal, its fields appended."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = ", ".join(f"{name}={value}" for name, value in fields.items())
+        line = f"{record.levelname.lower()}: {record.getMessage()}" + (
+            f" ({extra})" if extra else ""
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_terminal(level: int = logging.WARNING) -> None:
+    """Send warnings and errors to stderr as text lines: for the operator's commands, whose
+    stdout carries their report."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
 def configure(level: int = logging.INFO) -> None:
     """Send every log record to stdout as JSON lines."""
     handler = logging.StreamHandler(sys.stdout)

@@ -45,7 +45,10 @@ class Progress:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = (self._done - (self._first or 0)) / elapsed
         left = max(self._total - self._done, 0)
-        eta = f"{left / rate:.0f} s" if rate > 0 else "?"
-        text = f"{self._label}: {self._done}/{self._total} ({rate:.0f}/s, ETA {eta})"
+        if left == 0:
+            when = f"took {elapsed:.1f} s"
+        else:
+            when = "ETA " + (f"{left / rate:.0f} s" if rate > 0 else "?")
+        text = f"{self._label}: {self._done}/{self._total} ({rate:.0f}/s, {when})"
         self._stream.write(f"\r{text}" if self._tty else f"{text}\n")
         self._stream.flush()

@@ -30,3 +30,14 @@ def test_a_resumed_run_reports_its_own_rate_and_each_line_once(clock: list[float
         "rebuild: 6000/10000 (0/s, ETA ?)",
         "rebuild: 8000/10000 (200/s, ETA 10 s)",
     ]
+
+
+def test_the_last_line_says_how_long_the_whole_run_took(clock: list[float]) -> None:
+    out = io.StringIO()
+    report = Progress("replay", 300, stream=out)
+    report.update(0)
+    clock[0] += 1.5
+    report.update(300)
+    report.done()
+
+    assert out.getvalue().splitlines()[-1] == "replay: 300/300 (200/s, took 1.5 s)"

@@ -347,6 +347,8 @@ def test_a_poison_event_is_parked_and_later_events_still_project(
     # a retry that still fails keeps it parked, counting the attempt
     retried = _cli(url, "replay", "--projection", "messages", "--parked")
     assert retried.returncode == 0 and "parked 1" in retried.stdout
+    # and the operator is told which event and why
+    assert f"warning: parked event (position={position}, error=ValueError" in retried.stderr
     assert sql(url, "SELECT position, attempts FROM parked") == [(position, 2)]
 
 
