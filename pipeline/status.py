@@ -169,7 +169,8 @@ def render(report: dict[str, Any]) -> str:
     if workers is None:
         lines.append("workers: unknown (Redis did not answer)")
     else:
-        names = ", ".join(sorted(f"{w.get('host')}:{w.get('pid')}" for w in workers)) or "none"
+        # The id /metrics labels the worker with (host-pid-suffix).
+        names = ", ".join(sorted(str(w.get("id", "?")) for w in workers)) or "none"
         lines.append(f"workers: {len(workers)} ({names})")
     for queue, depth in report["queues"].items():
         shown = "unknown (RabbitMQ did not answer)" if depth is None else f"{depth} waiting"

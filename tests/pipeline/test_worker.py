@@ -377,12 +377,15 @@ def test_status_shows_lag_zero_after_a_burst(fresh_database_url: str) -> None:
             list(pool.map(lambda i: web.post_webhook(_upsert("burst", f"B{i}")), range(300)))
         wait_for(lambda: projected_up_to_head(url), timeout=20)
         report = json.loads(_cli(url, "status", "--json").stdout)
+        text = _cli(url, "status").stdout
     finally:
         web.stop()
         worker.stop()
     [projection] = report["projections"]
     assert projection["lag_events"] == 0 and projection["lag_seconds"] == 0
     assert report["queues"]["projections"] is not None
+    # the text names each worker by the id /metrics labels it with
+    assert report["workers"] and all(w["id"] in text for w in report["workers"])
 
 
 def test_sigterm_stops_the_worker_cleanly_and_promptly(fresh_database_url: str) -> None:
