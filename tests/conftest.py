@@ -276,6 +276,24 @@ def wait_for(check: Any, timeout: float = 30, interval: float = 0.05) -> Any:
         time.sleep(interval)
 
 
+def project_all(conn: Any, url: str, planner: Any = None) -> int:
+    """Catch up until nothing is left, however long an unrelated transaction holds reads back;
+    return how many events were projected.
+
+    The gap-safe read waits for every older writing transaction on the server, and other
+    databases on a shared server may hold one open for a while.
+    """
+    from projections.catchup import catch_up
+
+    projected = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        projected += catch_up(conn, planner)
+        if projected_up_to_head(url):
+            return projected
+    raise AssertionError("not caught up within 60 s")
+
+
 def projected_up_to_head(url: str) -> bool:
     """True when no committed event lies after the messages projection's checkpoint.
 

@@ -16,9 +16,9 @@ import pytest
 from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
-from projections.catchup import catch_up
 from tests.conftest import (
     ROOT,
+    project_all,
     projected_up_to_head,
     sql,
     start_web,
@@ -186,10 +186,10 @@ def test_reapplying_projected_events_changes_nothing(fresh_database_url: str) ->
     _append(url, bodies)
     conn = psycopg2.connect(url)
     try:
-        assert _project_all(conn, url) == len(bodies)
+        assert project_all(conn, url) == len(bodies)
         before = _snapshot(url)
         sql(url, "UPDATE checkpoints SET txid = 0, position = 0")
-        assert _project_all(conn, url) == len(bodies)
+        assert project_all(conn, url) == len(bodies)
     finally:
         conn.close()
     assert _snapshot(url) == before
@@ -336,7 +336,7 @@ def test_a_poison_event_is_parked_and_later_events_still_project(
     _append(url, [_upsert("poison", "P1"), poison, _upsert("poison", "P2")])
     conn = psycopg2.connect(url)
     try:
-        _project_all(conn, url)
+        project_all(conn, url)
     finally:
         conn.close()
     [(position, error, attempts)] = sql(url, "SELECT position, error, attempts FROM parked")
@@ -357,7 +357,7 @@ def test_replaying_an_already_projected_range_changes_nothing(fresh_database_url
     _append(url, [_upsert("replay", f"R{i}", chat=i % 3) for i in range(100)])
     conn = psycopg2.connect(url)
     try:
-        _project_all(conn, url)
+        project_all(conn, url)
     finally:
         conn.close()
     before = _snapshot(url)
@@ -406,21 +406,6 @@ def test_sigterm_stops_the_worker_cleanly_and_promptly(fresh_database_url: str) 
     finally:
         worker.stop()
     _assert_each_message_once(url, "term", 5000)
-
-
-def _project_all(conn: object, url: str) -> int:
-    """Catch up until nothing is left, however long an unrelated transaction holds reads back.
-
-    The gap-safe read waits for every older writing transaction on the server, and other
-    databases on a shared server may hold one open for a while.
-    """
-    projected = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        projected += catch_up(conn)
-        if projected_up_to_head(url):
-            return projected
-    raise AssertionError("not caught up within 60 s")
 
 
 def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:

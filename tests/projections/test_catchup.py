@@ -13,7 +13,14 @@ from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
 from projections import catchup, runner
-from tests.conftest import drop_database, fixture_bodies, new_database, sql
+from tests.conftest import (
+    drop_database,
+    fixture_bodies,
+    new_database,
+    project_all,
+    sql,
+    wait_for,
+)
 
 pytestmark = pytest.mark.services
 
@@ -129,8 +136,7 @@ def test_overlapped_batches_project_exactly_what_one_batch_after_another_does(
         writer, planner, after_commit=lambda batch: committed.append(batch.events)
     )
     conn = psycopg2.connect(serial)
-    while runner.run_batch(conn, limit=3).events:
-        pass
+    project_all(conn, serial)
     for c in (writer, planner, conn):
         c.close()
     # then: every table, the feed and the checkpoint are identical
@@ -161,7 +167,7 @@ def test_a_second_runner_is_busy_while_an_overlapped_run_holds_the_projection(
             runner.run_batch(other, wait=False)
     finally:
         catchup._unlock(writer)
-    assert runner.run_batch(other, limit=3, wait=False).events == 3
+    assert wait_for(lambda: runner.run_batch(other, limit=3, wait=False).events)
     for c in (writer, planner, other):
         c.close()
 
@@ -183,19 +189,17 @@ def test_a_batch_whose_checkpoint_cannot_move_leaves_no_rows_and_resuming_matche
     )
     writer, planner = psycopg2.connect(interrupted), psycopg2.connect(interrupted)
     with pytest.raises(psycopg2.errors.RaiseException):
-        catchup.catch_up(writer, planner, settle_seconds=0)
+        project_all(writer, interrupted, planner)
     # then: what is stored is exactly what the same batches up to the checkpoint store
     [(reached,)] = sql(interrupted, "SELECT position FROM checkpoints")
     assert 0 < reached <= stop_at
     other = psycopg2.connect(reference)
-    for _ in range(stop_at):
-        if runner.run_batch(other, limit=3).cursor.position >= reached:
-            break
+    wait_for(lambda: runner.run_batch(other, limit=3).cursor.position >= reached)
     assert _everything(interrupted) == _everything(reference)
     # and once the checkpoint can move, resuming ends where an uninterrupted run ends
     sql(interrupted, "DROP TRIGGER refuse_checkpoint ON checkpoints")
-    catchup.catch_up(writer, planner, settle_seconds=0)
-    catchup.catch_up(other, settle_seconds=0)
+    project_all(writer, interrupted, planner)
+    project_all(other, reference)
     # (the rolled-back batch used up media ids: identities are not transactional)
     assert _without_media_ids(interrupted) == _without_media_ids(reference)
     for c in (writer, planner, other):

@@ -13,7 +13,7 @@ from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
 from projections import messages, runner
-from tests.conftest import sql
+from tests.conftest import project_all, sql
 
 pytestmark = pytest.mark.services
 
@@ -56,7 +56,7 @@ def test_text_copy_treats_specially_is_stored_as_the_projection_made_it(
     ]
     _append(url, bodies)
     conn = psycopg2.connect(url)
-    assert runner.run_batch(conn).events == 3
+    assert project_all(conn, url) == 3
     conn.close()
 
     expected = {}
@@ -123,12 +123,12 @@ def test_an_update_held_for_a_key_copy_treats_specially_is_applied_when_it_arriv
     update = {"keyId": key_id, "remoteJid": jid, "status": "READ"}
     _append(url, [{"event": "messages.update", "instance": "plain", "data": update}])
     conn = psycopg2.connect(url)
-    runner.run_batch(conn)
+    project_all(conn, url)
     [(instance, held_key, held)] = sql(url, "SELECT instance, key_id, held FROM message_holds")
     assert (instance, held_key, len(held)) == ("plain", key_id, 1)
 
     _append(url, [_upsert("plain", key_id, jid, AWKWARD, 1764460800)])
-    runner.run_batch(conn)
+    project_all(conn, url)
     conn.close()
     assert sql(url, "SELECT key_id, data->>'status', data->>'text' FROM messages") == [
         (key_id, "read", AWKWARD)
