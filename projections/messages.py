@@ -3,9 +3,11 @@
 Evolution delivers out of order (design invariant 7), so every operation on a message is a
 merge that gives the same result in any order and when repeated: statuses only move forward,
 the latest edit and the latest reaction per sender win by their WhatsApp timestamp (then by
-log position), a delete is a flag, and a second copy of the message only fills what is
-missing. An operation whose message has not arrived yet is held in the state and folded in
-when the message arrives, so the message is born ("message.created") with all of them.
+log position), a delete is a flag, and of two copies of a message (the send.message echo and
+the messages.upsert) the upsert's values win, whichever came first (ingest keeps at most one
+copy of each kind per key id). An operation whose message has not arrived yet is held in the
+state and folded in when the message arrives, so the message is born ("message.created") with
+all of them.
 
 Dicts held in states and changes are never mutated once built; a change copies what it
 touches, so states preloaded by the runner can be shared freely.
@@ -51,9 +53,8 @@ _NOT_MESSAGES = frozenset(
     }
 )
 
-# Fields a second copy of a message (send.message echo vs messages.upsert) may fill in. Only
-# missing ones: the first copy wins, so a late copy never overwrites an edited text.
-_FILLABLE = ("chat_jid", "sender", "push_name", "text", "caption", "timestamp", "quoted_key_id")
+# Fields the two copies of a message (send.message echo, messages.upsert) may both give.
+_COPIED = ("chat_jid", "sender", "push_name", "text", "caption", "timestamp", "quoted_key_id")
 
 
 class MessageState(NamedTuple):
@@ -96,7 +97,7 @@ def apply_operation(
     skey = (event.instance, key_id)
     old = states.get(skey)
     if op["op"] == "message":
-        return _arrive(states, skey, old, op["message"])
+        return _arrive(states, skey, old, op["message"], op["upsert"])
     if old is None or old.message is None:
         held = old.held if old is not None else ()
         if any(h["pos"] == op["pos"] for h in held):
@@ -117,6 +118,7 @@ def _arrive(
     skey: tuple[str, str],
     old: MessageState | None,
     new: dict[str, Any],
+    upsert: bool,
 ) -> list[MessageChange]:
     instance, key_id = skey
     if old is None or old.message is None:
@@ -125,21 +127,27 @@ def _arrive(
             message, meta = _fold(message, meta, op)
         states[skey] = MessageState(message, meta, ())
         return [MessageChange("message.created", instance, key_id, message)]
-    merged = _merge(old.message, new)
+    merged = _merge(old.message, new, upsert, edited="edit" in old.meta)
     if merged is old.message:
         return []
     states[skey] = MessageState(merged, old.meta, old.held)
     return [MessageChange("message.updated", instance, key_id, merged)]
 
 
-def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Fill what `old` lacks from another copy of the same message; keep the higher status."""
+def _merge(old: dict[str, Any], new: dict[str, Any], upsert: bool, edited: bool) -> dict[str, Any]:
+    """Merge the other copy of a message into `old`; keep the higher status.
+
+    What the copies both give is taken from the upsert (`upsert`: `new` is it), WhatsApp's
+    own record, so the order they arrive in does not matter; but a phone chat over a LID one,
+    and never over an edit's text.
+    """
     out: dict[str, Any] | None = None
-    for name in _FILLABLE:
-        if old[name] is None and new[name] is not None:
+    for name in _COPIED:
+        value = _copied(name, old[name], new[name], upsert, edited)
+        if value != old[name]:
             out = out if out is not None else dict(old)
-            out[name] = new[name]
-    if old["type"] == "unknown" and new["type"] != "unknown":
+            out[name] = value
+    if new["type"] not in ("unknown", old["type"]) and (old["type"] == "unknown" or upsert):
         out = out if out is not None else dict(old)
         out["type"] = new["type"]
     if STATUS_RANK[new["status"]] > STATUS_RANK[old["status"]]:
@@ -150,6 +158,16 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         out = out if out is not None else dict(old)
         out["media"] = media
     return out if out is not None else old
+
+
+def _copied(name: str, old: Any, new: Any, upsert: bool, edited: bool) -> Any:
+    if new is None or old is None:
+        return old if new is None else new
+    if name == "chat_jid" and p.is_lid(old) != p.is_lid(new):
+        return old if p.is_lid(new) else new
+    if name in ("text", "caption") and edited:
+        return old
+    return new if upsert else old
 
 
 def _merge_media(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -260,6 +278,7 @@ def _read_content(event: Event) -> Operation | None:
     return key_id, {
         "op": "message",
         "message": _build(event, data, key, key_id, content_key, value),
+        "upsert": event.type == "messages.upsert",
     }
 
 

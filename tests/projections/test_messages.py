@@ -375,6 +375,38 @@ def test_send_message_and_upsert_of_one_key_are_one_message(echo_first: bool) ->
     )
 
 
+@pytest.mark.parametrize("echo_first", [True, False])
+def test_where_the_copies_differ_the_upserts_values_win_in_either_order(echo_first: bool) -> None:
+    echo = upsert(
+        "K1", "draft", from_me=True, status="PENDING", push_name="Você", event_type="send.message"
+    )
+    lid = "5200000000000@lid"
+    phone = upsert("K1", "sent", from_me=True, status=None, push_name="Loja", ts=T0 + 1, chat=lid)
+    phone.payload["data"]["key"]["addressingMode"] = "lid"
+
+    states, _ = run([echo, phone] if echo_first else [phone, echo])
+
+    message = message_of(states, "K1")
+    assert (message["text"], message["push_name"], message["timestamp"]) == (
+        "sent",
+        "Loja",
+        "2025-06-15T15:06:41Z",
+    )
+    assert message["chat_jid"] == CHAT, "the phone chat, not the LID one"
+    assert message["status"] == "server_ack"
+
+
+@pytest.mark.parametrize("upsert_last", [True, False])
+def test_an_edit_outranks_either_copys_text(upsert_last: bool) -> None:
+    echo = upsert("K1", "draft", from_me=True, status="PENDING", event_type="send.message")
+    phone = upsert("K1", "sent", from_me=True, status="SERVER_ACK")
+    first, last = (echo, phone) if upsert_last else (phone, echo)
+
+    states, _ = run([first, edit("K1", "edited", ts_ms=T0 * 1000 + 1), last])
+
+    assert message_of(states, "K1")["text"] == "edited"
+
+
 def test_a_second_copy_that_adds_nothing_emits_no_change() -> None:
     states, changes = run(
         [
