@@ -249,6 +249,8 @@ def _handler(status: str) -> Callable[..., None]:
             log.warning(f"{what} unavailable", extra={"fields": {"reason": str(error)[:300]}})
         if "quarantine_id" in req.context:
             body["quarantine_id"] = req.context.quarantine_id
+        # A resource may have set its own type (a media's) before failing.
+        resp.content_type = falcon.MEDIA_JSON
         resp.media = body
 
     return handle

@@ -50,11 +50,11 @@ class MediaResource:
         url = self._storage.url(key, content_type)
         if url is not None:
             raise falcon.HTTPFound(url, headers={"Cache-Control": "private, no-store"})
+        wanted = _byte_range(req, size)
+        stream = self._storage.open(key)
         resp.content_type = content_type
         resp.set_header("X-Content-Type-Options", "nosniff")
         resp.accept_ranges = "bytes"
-        wanted = _byte_range(req, size)
-        stream = self._storage.open(key)
         if wanted is None:
             resp.set_stream(stream, size)
             return

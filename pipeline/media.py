@@ -6,6 +6,7 @@ The only module that imports boto3; botocore's errors become MediaUnavailable he
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +20,8 @@ from pipeline.config import Settings
 # 80 MB of a non-seekable stream; from a file it reads each part lazily.
 _PART_BYTES = 8 * 1024 * 1024
 _COPY_BYTES = 1024 * 1024
+
+log = logging.getLogger("zapline.media")
 
 
 def storage_key(sha256: str) -> str:
@@ -62,6 +65,13 @@ def storage_from(settings: Settings) -> MediaStorage:
     """S3 when S3_BUCKET is set, the local MEDIA_DIR otherwise."""
     if settings.s3_bucket:
         return S3Storage(settings)
+    if settings.production:
+        # On Railway web and worker are separate containers: the worker stores where web
+        # cannot read, and a redeploy starts from an empty disk.
+        log.warning(
+            "media are kept in MEDIA_DIR on this container's disk; set S3_BUCKET so web can"
+            " serve what the worker stores"
+        )
     return LocalStorage(Path(settings.media_dir))
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from events.errors import ConfigError
 from pipeline.config import Settings
+from pipeline.media import LocalStorage, storage_from
 
 
 def test_an_empty_environment_gives_the_local_defaults_and_no_cors() -> None:
@@ -26,3 +27,17 @@ def test_every_bad_variable_is_named_in_one_message() -> None:
         Settings.from_env(env)
     message = str(raised.value)
     assert all(name in message for name in ("PORT", "CORS_ORIGINS", "API_TOKENS"))
+
+
+def test_production_without_s3_warns_that_web_cannot_serve_what_the_worker_stores(
+    caplog: pytest.LogCaptureFixture, tmp_path: object
+) -> None:
+    tokens = {"WEBHOOK_TOKEN": "w", "API_TOKENS": "a:*", "ADMIN_TOKEN": "x"}
+    local = Settings.from_env({"MEDIA_DIR": str(tmp_path)})
+    railway = Settings.from_env(
+        {**tokens, "MEDIA_DIR": str(tmp_path), "RAILWAY_DEPLOYMENT_ID": "d"}
+    )
+
+    assert isinstance(storage_from(local), LocalStorage) and not caplog.records
+    assert isinstance(storage_from(railway), LocalStorage)
+    assert "set S3_BUCKET" in caplog.text

@@ -303,3 +303,18 @@ def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def test_a_stored_file_the_web_cannot_read_answers_503_in_json(stack: Stack) -> None:
+    # given: a stored media whose file is not where this web process looks (as when web and
+    # worker keep MEDIA_DIR on separate disks)
+    image = png(12, 12, seed=11)
+    stack.web.post_webhook(image_upsert("local", "UNREADABLE", image))
+    media = stack.settled("local", "UNREADABLE")
+    (stack.media_dir / media["key"]).unlink()
+    # when: it is asked for
+    answer = stack.get_media(media["id"])
+    # then: a JSON 503 the client can retry, not the image's type with no body
+    assert answer.status == 503 and answer.headers["retry-after"]
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.json() == {"error": "media store unavailable, retry later"}
