@@ -13,19 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.web import check_free
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_ENV = ROOT / "var" / "dev.env"
-FIXTURE = "messages.upsert__conversation__1.json"
-# Each child: its name and `python -m pipeline` arguments.
-CHILDREN = {"web": ["web"], "worker": ["worker"]}
 
 
 def run(settings: Settings) -> int:
-    """Start every service, print how to use them, stop them all on Ctrl-C."""
+    """Start every service, print how to use them, stop them all on Ctrl-C.
+
+    Returns 0 after Ctrl-C (or SIGTERM, SIGHUP), 1 when a service ended on its own.
+    """
     tokens = _tokens()
     env = {**os.environ, **{k: v for k, v in tokens.items() if not os.environ.get(k)}}
-    url = f"http://127.0.0.1:{settings.port}"
+    # This machine only: the banner's tokens are no secret.
+    bind = f"127.0.0.1:{settings.port}"
+    check_free(bind)  # before the banner and the worker, so the reason is the last line
+    url = f"http://{bind}"
     # A SIGTERM or SIGHUP (kill, a closed terminal, a process manager) stops the children the
     # way Ctrl-C does, instead of leaving them running, holding the port, in their sessions.
     for stop in (signal.SIGTERM, signal.SIGHUP):
@@ -36,14 +40,20 @@ def run(settings: Settings) -> int:
         name: subprocess.Popen(
             [sys.executable, "-m", "pipeline", *args], env=env, cwd=ROOT, start_new_session=True
         )
-        for name, args in CHILDREN.items()
+        for name, args in {"web": ["web", "--bind", bind], "worker": ["worker"]}.items()
     }
     print(_banner(url, env), flush=True)
+    ended = None
     try:
-        while all(child.poll() is None for child in children.values()):
+        while ended is None:
             time.sleep(0.5)
+            ended = next((n for n, c in children.items() if c.poll() is not None), None)
     except KeyboardInterrupt:
         pass
+    if ended is not None:
+        others = " and ".join(n for n in children if n != ended)
+        code = children[ended].returncode
+        print(f"zapline: {ended} exited (code {code}); stopping {others}", file=sys.stderr)
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -54,7 +64,7 @@ def run(settings: Settings) -> int:
         except subprocess.TimeoutExpired:
             child.kill()
     failed = [n for n, c in children.items() if c.returncode not in (0, -signal.SIGTERM)]
-    return 1 if failed else 0
+    return 1 if failed or ended is not None else 0
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -79,9 +89,7 @@ def _tokens() -> dict[str, str]:
 
 
 def _banner(url: str, env: dict[str, str]) -> str:
-    fixture = ROOT.parent / "shared" / "fixtures" / "evolution" / FIXTURE
-    body = f"@{fixture}" if fixture.exists() else "'" + _SAMPLE + "'"
-    instance = json.loads(fixture.read_bytes() if fixture.exists() else _SAMPLE)["instance"]
+    instance = json.loads(SAMPLE)["instance"]
     api_token = env["API_TOKENS"].split(",")[0].split(":")[0]
     return f"""
 Zapline is starting at {url}   (tokens are kept in var/dev.env)
@@ -90,11 +98,11 @@ Zapline is starting at {url}   (tokens are kept in var/dev.env)
   API_TOKENS    = {env["API_TOKENS"]}
   ADMIN_TOKEN   = {env["ADMIN_TOKEN"]}
 
-Post a real Evolution webhook:
+Post an Evolution webhook (a messages.upsert as Evolution v2 sends it):
 
   curl -sS -X POST '{url}/webhooks/evolution' \\
     -H 'Authorization: Bearer {env["WEBHOOK_TOKEN"]}' \\
-    -H 'Content-Type: application/json' --data-binary {body}
+    -H 'Content-Type: application/json' --data-binary '{SAMPLE}'
 
 See it arrive:
 
@@ -105,7 +113,8 @@ Readiness: curl -sS {url}/health/ready      Stop: Ctrl-C
 """
 
 
-_SAMPLE = (
+# The README shows the same body.
+SAMPLE = (
     '{"event":"messages.upsert","instance":"demo","data":{"key":{"remoteJid":'
     '"5511999990000@s.whatsapp.net","fromMe":false,"id":"3EB0DEMO0001"},"pushName":"Ana",'
     '"message":{"conversation":"Hello from curl"},"messageType":"conversation",'

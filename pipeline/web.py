@@ -69,7 +69,7 @@ def serve(settings: Settings, bind: str | None = None) -> None:
             log a dozen lines).
     """
     bind = bind or f"0.0.0.0:{settings.port}"
-    _check_free(bind)
+    check_free(bind)
     _allow_open_files(settings.web_worker_connections + SPARE_FILES)
     made = _prepare_metrics_dir(settings.prometheus_multiproc_dir)
     try:
@@ -79,7 +79,8 @@ def serve(settings: Settings, bind: str | None = None) -> None:
             shutil.rmtree(made, ignore_errors=True)
 
 
-def _check_free(bind: str) -> None:
+def check_free(bind: str) -> None:
+    """Fail with one line now if `bind` is taken, instead of gunicorn's retries and logs."""
     address = util.parse_address(bind)
     if not isinstance(address, tuple):
         return  # a unix socket or an inherited descriptor: gunicorn's to judge
