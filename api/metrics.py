@@ -103,10 +103,16 @@ class StateCollector:
             log.warning("metrics: database", extra={"fields": {"error": type(error).__name__}})
             up.add_metric([], 0)
         yield up
+        redis_up = GaugeMetricFamily(
+            "zapline_redis_up", "1 when this scrape read the worker heartbeats from Redis."
+        )
         try:
-            yield from self._from_workers()
+            yield from list(self._from_workers())
+            redis_up.add_metric([], 1)
         except Exception as error:
             log.warning("metrics: redis", extra={"fields": {"error": type(error).__name__}})
+            redis_up.add_metric([], 0)
+        yield redis_up
 
     def _from_database(self) -> Iterator[Metric]:
         found = status.projections(self._pool)

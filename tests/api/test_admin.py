@@ -129,6 +129,21 @@ def test_metrics_report_projection_lag_parked_media_sockets_and_workers(
     ):
         assert re.search(rf"^{re.escape(family)} ", text, re.M), family
     assert _value(text, "zapline_database_up") == 1
+    assert _value(text, "zapline_redis_up") == 1
+
+
+def test_a_scrape_without_redis_says_so_instead_of_dropping_the_worker_figures(
+    database_url: str,
+) -> None:
+    server = start_web(
+        database_url, ADMIN_TOKEN=ADMIN, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
+    )
+    try:
+        text = _metrics(server)
+    finally:
+        server.stop()
+    assert re.search(r"^zapline_redis_up 0\.0$", text, re.M)
+    assert _value(text, "zapline_database_up") == 1
 
 
 def test_a_database_that_holds_the_reads_up_gives_a_prompt_scrape_that_says_so(
