@@ -39,13 +39,15 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_terminal(level: int = logging.WARNING) -> None:
-    """Send warnings and errors to stderr as text lines: for the operator's commands, whose
-    stdout carries their report."""
+    """Send our warnings and errors to stderr as text lines: for the operator's commands,
+    whose stdout carries their report, and whose failures end in one line of their own (so
+    the libraries' logs of the same failure stay out)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    ours = logging.getLogger("zapline")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
 
 
 def configure(level: int = logging.INFO) -> None:

@@ -94,15 +94,21 @@ def _rebuilds(cur: Any) -> list[dict[str, Any]]:
     return found
 
 
-def queue_depths(url: str) -> dict[str, int | None]:
-    """Messages waiting in each queue (None when RabbitMQ cannot be asked)."""
+def queue_depths(url: str) -> tuple[dict[str, int | None], str | None]:
+    """Messages waiting in each queue, and why RabbitMQ could not be asked (then all None)."""
     params = pika.URLParameters(url)
     params.socket_timeout = params.stack_timeout = 3
     params.connection_attempts = 1
     try:
         connection = pika.BlockingConnection(params)
+    except (
+        pika.exceptions.ProbableAccessDeniedError,
+        pika.exceptions.ProbableAuthenticationError,
+    ):
+        refused = "RabbitMQ refused the login: check the user, password and vhost of RABBITMQ_URL"
+        return dict.fromkeys(QUEUES), refused
     except (pika.exceptions.AMQPError, OSError):
-        return dict.fromkeys(QUEUES)
+        return dict.fromkeys(QUEUES), "RabbitMQ did not answer"
     depths: dict[str, int | None] = {}
     try:
         channel = connection.channel()
@@ -115,7 +121,7 @@ def queue_depths(url: str) -> dict[str, int | None]:
                 channel = connection.channel()
     finally:
         connection.close()
-    return depths
+    return depths, None
 
 
 def gather(settings: Settings) -> dict[str, Any]:
@@ -134,12 +140,14 @@ def gather(settings: Settings) -> dict[str, Any]:
         )
     except Exception:  # Redis down: say so rather than fail the whole report
         workers = None
+    queues, queues_error = queue_depths(settings.rabbitmq_url)
     return {
         "projections": found,
         "media": media_states,
         "media_reasons": media_reasons,
         "workers": workers,
-        "queues": queue_depths(settings.rabbitmq_url),
+        "queues": queues,
+        "queues_error": queues_error,
     }
 
 
@@ -173,6 +181,6 @@ def render(report: dict[str, Any]) -> str:
         names = ", ".join(sorted(str(w.get("id", "?")) for w in workers)) or "none"
         lines.append(f"workers: {len(workers)} ({names})")
     for queue, depth in report["queues"].items():
-        shown = "unknown (RabbitMQ did not answer)" if depth is None else f"{depth} waiting"
+        shown = f"unknown ({report['queues_error']})" if depth is None else f"{depth} waiting"
         lines.append(f"queue {queue}: {shown}")
     return "\n".join(lines)

@@ -73,6 +73,18 @@ def test_media_retried_while_the_broker_is_down_exit_1_with_one_line_and_stay_pe
     assert status == "pending"
 
 
+def test_status_tells_a_refused_rabbitmq_login_from_one_that_does_not_answer(
+    database_url: str,
+) -> None:
+    base = "amqp://guest:guest@127.0.0.1"
+    refused = _run("status", DATABASE_URL=database_url, RABBITMQ_URL=f"{base}:5672/no_such_vhost")
+    silent = _run("status", DATABASE_URL=database_url, RABBITMQ_URL=f"{base}:{free_port()}/%2F")
+
+    assert refused.returncode == silent.returncode == 0
+    assert "queue projections: unknown (RabbitMQ refused the login" in refused.stdout
+    assert "queue projections: unknown (RabbitMQ did not answer)" in silent.stdout
+
+
 def test_web_on_a_taken_port_exits_1_with_one_line_at_once() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
