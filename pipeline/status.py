@@ -59,19 +59,24 @@ def projections(pool: Pool) -> list[dict[str, Any]]:
 
 
 def _rebuilds(cur: Any) -> list[dict[str, Any]]:
-    """The latest rebuild of each projection, with its rate and ETA while it builds."""
+    """The latest rebuild of each projection, with its latest run's rate, and ETA while it
+    builds."""
     cur.execute(
         "SELECT projection, state, events_done, events_total, dry_run, summary, error,"
-        " requested_at, started_at, updated_at, finished_at FROM rebuilds"
+        " requested_at, started_at, updated_at, finished_at,"
+        " coalesce(run_started_at, started_at), run_from FROM rebuilds"
     )
     found = []
     for row in cur.fetchall():
-        (name, state, done, total, dry_run, summary, error, requested, started, moved, ended) = row
+        name, state, done, total, dry_run, summary, error = row[:7]
+        requested, started, moved, ended, run_started, run_from = row[7:]
         running = is_running(cur, name)
         if state == "building" and not running:
             state = "interrupted"  # resumed by the next rebuild of the same code
-        seconds = (moved - started).total_seconds() if started and state != "requested" else 0
-        rate = done / seconds if seconds > 0 else None
+        seconds = (
+            (moved - run_started).total_seconds() if run_started and state != "requested" else 0
+        )
+        rate = (done - run_from) / seconds if seconds > 0 else None
         found.append(
             {
                 "projection": name,

@@ -189,7 +189,8 @@ def _prepare(conn: Any, name: str, dry_run: bool) -> tuple[int, int]:
         if shadow_exists and row is not None and row[0] == version:
             cur.execute(
                 "UPDATE rebuilds SET state = 'building', dry_run = %s, events_total = %s,"
-                " error = NULL, updated_at = now() WHERE projection = %s",
+                " error = NULL, updated_at = now(), run_started_at = now(),"
+                " run_from = events_done WHERE projection = %s",
                 (dry_run, total, name),
             )
             log.info("resuming rebuild", extra={"fields": {"events_done": row[1]}})
@@ -199,12 +200,12 @@ def _prepare(conn: Any, name: str, dry_run: bool) -> tuple[int, int]:
             cur.execute(f"CREATE TABLE {shadow} (LIKE {live} INCLUDING ALL)")
         cur.execute(
             "INSERT INTO rebuilds (projection, state, version, dry_run, events_total,"
-            " started_at) VALUES (%s, 'building', %s, %s, %s, now())"
+            " started_at, run_started_at) VALUES (%s, 'building', %s, %s, %s, now(), now())"
             " ON CONFLICT (projection) DO UPDATE SET state = 'building',"
             " version = EXCLUDED.version, txid = 0, position = 0, events_done = 0,"
             " events_total = EXCLUDED.events_total, dry_run = EXCLUDED.dry_run,"
             " summary = NULL, error = NULL, started_at = now(), updated_at = now(),"
-            " finished_at = NULL",
+            " run_started_at = now(), run_from = 0, finished_at = NULL",
             (name, version, dry_run, total),
         )
         return 0, total

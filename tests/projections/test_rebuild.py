@@ -324,6 +324,18 @@ def test_a_dry_run_prints_the_differences_and_changes_nothing(history: str) -> N
     assert sql(url, "SELECT to_regclass('messages__rebuild') IS NULL") == [(True,)]
 
 
+def test_a_run_resuming_a_dry_runs_shadow_reports_its_own_rate(history: str) -> None:
+    url = history
+    assert _run(url, "rebuild", "messages", "--dry-run").returncode == 0
+    # when: the real run follows: it resumes the dry run's shadow, with nothing left to build
+    real = _run(url, "rebuild", "messages")
+    assert real.returncode == 0, real.stderr
+    # then: no rate of its own, rather than the dry run's events over the time since it began
+    report = json.loads(_run(url, "status", "--json").stdout)["projections"][0]["rebuild"]
+    assert (report["state"], report["events_done"]) == ("done", 6000)
+    assert report["rate_per_second"] is None
+
+
 def test_a_transaction_holding_the_live_tables_for_12_s_delays_the_swap_but_does_not_fail_it(
     history: str,
 ) -> None:
