@@ -22,6 +22,12 @@ export default defineRailway(() => {
     WEBHOOK_TOKEN: preserve(),
     API_TOKENS: preserve(),
     ADMIN_TOKEN: preserve(),
+    // Media: web and worker are separate containers, so both need the same bucket.
+    S3_BUCKET: preserve(),
+    S3_ENDPOINT_URL: preserve(),
+    S3_REGION: preserve(),
+    AWS_ACCESS_KEY_ID: preserve(),
+    AWS_SECRET_ACCESS_KEY: preserve(),
   };
 
   const web = service("web", {
