@@ -21,7 +21,8 @@ help:
 	@echo "make services make sure PostgreSQL, Redis and RabbitMQ answer (.ci/services)"
 	@echo "make db       create the database if missing and apply migrations"
 	@echo "make .venv    create ./.venv and install the project with its dev tools"
-	@echo "make clean    remove .venv and var/"
+	@echo "make browser  install headless Chromium for the browser test (as root; make test does it)"
+	@echo "make clean    remove .venv and var/ (local media and the make run tokens too)"
 
 # The stamp is redone when pyproject.toml changes.
 .venv: $(VENV)/.installed

@@ -268,6 +268,18 @@ def test_a_token_only_ever_receives_its_instances_changes(stack) -> None:
     assert "SECRET" not in json.dumps(frames)
 
 
+def test_a_token_in_the_authorization_header_opens_the_socket(stack) -> None:
+    _, web = stack
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{web.port}/ws?instance=alpha&after=0",
+        header=["Authorization: Bearer tok-a"],
+        timeout=10,
+    )
+    frames = _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+    ws.close()
+    assert frames[-1]["type"] == "live"
+
+
 @pytest.mark.parametrize(
     ("instance", "token", "status"),
     [
