@@ -8,7 +8,8 @@ One addition to the contract's rules: a `messages.update` is also told apart by 
 votes (`pollUpdates`) or the edited `message` it carries, when it carries them. Evolution
 reports every vote on a poll, and in some versions every edit, as an update with the same key
 id and status, so by key id and status alone each vote after the first would be answered as a
-duplicate and never stored.
+duplicate and never stored. Likewise a `messages.edited` without `timestampMs` is told apart
+by the edit it carries.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import hashlib
 import json
 from typing import Any
 
-# What a messages.update may carry besides its status.
+# What a messages.update may carry besides its status; what a messages.edited carries.
 _CARRIED = ("pollUpdates", "message")
+_EDITS = ("editedMessage", "message")
 
 
 def dedupe_key(instance: str, event: str, data: Any) -> str:
@@ -38,14 +40,20 @@ def _identity(event: str, data: Any) -> list[str]:
             parts = [key_id, _text(d.get("status")), _text(d.get("participant"))]
             # Poll votes and edits also come as updates, with the same status each time:
             # what they carry tells them apart. Plain receipts carry neither.
-            return parts + [f"{name}:{_text(d[name])}" for name in _CARRIED if d.get(name)]
+            return parts + _carried(d, _CARRIED)
     if event == "messages.edited" and _text(key.get("id")):
-        return [_text(key.get("id")), _text(d.get("type")), _text(d.get("timestampMs"))]
+        parts = [_text(key.get("id")), _text(d.get("type")), _text(d.get("timestampMs"))]
+        # Without its time, two edits of one message differ only by what they carry.
+        return parts if parts[2] else parts + _carried(d, _EDITS)
     if event == "messages.delete":
         target = _text(key.get("id")) or _text(d.get("id"))
         if target:
             return [target]
     return ["sha256:" + _canonical_hash(data)]
+
+
+def _carried(data: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    return [f"{name}:{_text(data[name])}" for name in names if data.get(name)]
 
 
 def _text(value: Any) -> str:

@@ -88,6 +88,15 @@ def test_edits_are_identified_by_target_type_and_timestamp() -> None:
     assert edit("MESSAGE_EDIT", "1") != edit("REVOKE", "1")
 
 
+def test_edits_without_a_timestamp_are_told_apart_by_the_edit_they_carry() -> None:
+    def edit(text: str) -> str:
+        data = {"key": {"id": "K"}, "type": "MESSAGE_EDIT", "editedMessage": {"conversation": text}}
+        return dedupe_key("a", "messages.edited", data)
+
+    assert edit("first fix") == edit("first fix")
+    assert edit("first fix") != edit("second fix")
+
+
 def test_deletes_accept_both_the_key_and_the_flat_id_shape() -> None:
     from_key = dedupe_key("a", "messages.delete", {"key": {"id": "K"}, "id": "db-cuid"})
     from_flat = dedupe_key("a", "messages.delete", {"id": "K", "remoteJid": "x"})
