@@ -130,6 +130,11 @@ class StateCollector:
         parked = GaugeMetricFamily(
             "zapline_parked_events", "Events a projection could not apply.", labels=["projection"]
         )
+        held = GaugeMetricFamily(
+            "zapline_held_messages",
+            "Messages whose updates wait for the message itself to arrive.",
+            labels=["projection"],
+        )
         rebuild_done = GaugeMetricFamily(
             "zapline_rebuild_events_done", "Events in the rebuild's shadow.", labels=["projection"]
         )
@@ -143,11 +148,12 @@ class StateCollector:
             lag_s.add_metric([name], p["lag_seconds"])
             checkpoint.add_metric([name], p["checkpoint"])
             parked.add_metric([name], p["parked"])
+            held.add_metric([name], p["held"])
             rebuild = p.get("rebuild") or {}
             rebuild_done.add_metric([name], rebuild.get("events_done", 0))
             rebuilding.add_metric([name], 1 if rebuild.get("running") else 0)
             head.add_metric([], p["head"])
-        yield from (lag, lag_s, checkpoint, parked, rebuild_done, rebuilding, head)
+        yield from (lag, lag_s, checkpoint, parked, held, rebuild_done, rebuilding, head)
         media = GaugeMetricFamily("zapline_media", "Media rows by state.", labels=["state"])
         with self._pool.connection() as conn, conn, conn.cursor() as cur:
             cur.execute(f"SET LOCAL statement_timeout = '{status.READ_TIMEOUT}'")

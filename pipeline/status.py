@@ -22,7 +22,8 @@ READ_TIMEOUT = "3s"
 
 
 def projections(pool: Pool) -> list[dict[str, Any]]:
-    """Checkpoint, head, lag in events and seconds, and parked count of every projection.
+    """Checkpoint, head, lag in events and seconds, parked count of every projection, and the
+    updates held for messages that have not arrived (messages projection).
 
     Bounded: a database that holds these reads up (a lock, an overload) fails them within a
     few seconds rather than holding up a scrape or an operator.
@@ -42,6 +43,8 @@ def projections(pool: Pool) -> list[dict[str, Any]]:
         )
         rows = cur.fetchall()
         rebuilds = {row["projection"]: row for row in _rebuilds(cur)}
+        cur.execute("SELECT count(*), min(since) FROM message_holds")
+        held, held_since = cur.fetchone()
     now = datetime.now(UTC)
     return [
         {
@@ -49,13 +52,20 @@ def projections(pool: Pool) -> list[dict[str, Any]]:
             "checkpoint": position,
             "head": head,
             "lag_events": lag,
-            "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
+            "lag_seconds": _age(now, oldest),
             "parked": parked,
+            # Updates, edits, reactions waiting for a message that has not arrived (yet).
+            "held": held if name == "messages" else 0,
+            "held_oldest_seconds": _age(now, held_since) if name == "messages" else 0.0,
             "checkpoint_moved_at": moved.isoformat(),
             "rebuild": rebuilds.get(name),
         }
         for name, _txid, position, moved, lag, oldest, parked in rows
     ]
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    return round((now - since).total_seconds(), 3) if since else 0.0
 
 
 def _rebuilds(cur: Any) -> list[dict[str, Any]]:
@@ -162,7 +172,9 @@ def render(report: dict[str, Any]) -> str:
     for p in report["projections"]:
         lines.append(
             f"projection {p['projection']}: checkpoint {p['checkpoint']}, head {p['head']},"
-            f" lag {p['lag_events']} events / {p['lag_seconds']:.1f} s, parked {p['parked']}"
+            f" lag {p['lag_events']} events / {p['lag_seconds']:.1f} s, parked {p['parked']},"
+            f" held {p['held']}"
+            + (f" (oldest {p['held_oldest_seconds']:.0f} s)" if p["held"] else "")
         )
         rebuild = p.get("rebuild")
         if rebuild:

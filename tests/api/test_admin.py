@@ -119,6 +119,7 @@ def test_metrics_report_projection_lag_parked_media_sockets_and_workers(
         'zapline_projection_lag_seconds{projection="messages"}',
         'zapline_projection_checkpoint{projection="messages"}',
         'zapline_parked_events{projection="messages"}',
+        'zapline_held_messages{projection="messages"}',
         'zapline_rebuild_running{projection="messages"}',
         'zapline_media{state="pending"}',
         'zapline_media{state="failed"}',

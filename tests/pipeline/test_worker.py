@@ -352,6 +352,23 @@ def test_a_poison_event_is_parked_and_later_events_still_project(
     assert sql(url, "SELECT position, attempts FROM parked") == [(position, 2)]
 
 
+def test_status_counts_the_updates_held_for_a_message_that_has_not_arrived(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    update = {"keyId": "NEVER", "remoteJid": "5511@s.whatsapp.net", "status": "READ"}
+    held = json.dumps({"event": "messages.update", "instance": "held", "data": update})
+    _append(url, [held.encode(), _upsert("held", "H1")])
+    conn = psycopg2.connect(url)
+    try:
+        project_all(conn, url)
+    finally:
+        conn.close()
+    [projection] = json.loads(_cli(url, "status", "--json").stdout)["projections"]
+    assert projection["held"] == 1 and projection["held_oldest_seconds"] >= 0
+    assert "parked 0, held 1 (oldest" in _cli(url, "status").stdout
+
+
 def test_replaying_an_already_projected_range_changes_nothing(fresh_database_url: str) -> None:
     url = fresh_database_url
     _append(url, [_upsert("replay", f"R{i}", chat=i % 3) for i in range(100)])
