@@ -57,7 +57,9 @@ def configure(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pika logs every connection step at INFO, including the URLs it dials.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every connection step at INFO, including the URLs it dials, and six ERROR
+    # lines for each failed attempt, which Dramatiq's consumers (and our publisher) report in
+    # one line of their own: a refused vhost gave ~30 lines a second.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     # gevent-websocket logs an access line with the query string, where `?token=` lives.
     logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)
