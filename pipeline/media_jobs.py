@@ -26,8 +26,9 @@ from projections.media import Media
 log = logging.getLogger("zapline.media")
 
 NO_SOURCE = (
-    "waiting for a source: the webhook carried no inline base64 and EVOLUTION_API_URL is not"
-    " set (turn on the instance webhook's base64, or configure Evolution)"
+    "waiting for a source: the webhook carried no usable inline base64 (none, or not valid"
+    " base64) and EVOLUTION_API_URL is not set (turn on the instance webhook's base64, or"
+    " configure Evolution)"
 )
 
 
