@@ -11,7 +11,7 @@ import psycopg2.extras
 
 from events import jsontext
 from events.attachments import CHUNK_BYTES, Attachment
-from events.errors import StoreRejected
+from events.errors import StoreRejected, StoreUnavailable
 from events.event import Event
 from events.pool import Pool
 from events.webhook import Webhook
@@ -88,13 +88,16 @@ class EventStore:
                 with conn, conn.cursor() as cur:
                     return _append(cur, webhooks)
             except (
+                # What the webhook holds (NaN, a number beyond jsonb's range, \u0000).
                 psycopg2.DataError,
-                psycopg2.IntegrityError,
-                psycopg2.ProgrammingError,
                 # psycopg2 refuses NUL characters and lone surrogates in text parameters.
                 ValueError,
             ) as error:
                 raise StoreRejected(str(error).strip()) from error
+            except psycopg2.Error as error:
+                # Ours, not the webhook's (a schema or permission fault): a 400 would make
+                # Evolution drop it for good, a 503 makes it retry.
+                raise StoreUnavailable(str(error).strip().splitlines()[0]) from error
 
     def read_after(self, cursor: Cursor, limit: int = 1000) -> list[tuple[Cursor, Event]]:
         """Return up to `limit` events after `cursor` that no late commit can precede."""

@@ -230,6 +230,23 @@ def test_a_body_the_database_refuses_gets_400_and_is_quarantined_not_lost(
     assert _count(database_url, instance) == 16
 
 
+def test_a_fault_of_our_schema_gets_503_for_a_retry_not_a_400_that_drops_it(
+    fresh_database_url: str,
+) -> None:
+    # given: a database whose events table is not what the code expects
+    url = fresh_database_url
+    sql(url, "ALTER TABLE events RENAME COLUMN payload TO payload_renamed")
+    server = start_web(url)
+    try:
+        answer = server.post_webhook(_text_message("schema", "S1"))
+    finally:
+        server.stop()
+    # then: the sender is told to retry, nothing is quarantined, and no SQL reaches the body
+    assert answer.status == 503 and int(answer.headers["retry-after"]) > 0
+    assert answer.json() == {"error": "database unavailable, retry later"}
+    assert sql(url, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
 def test_a_commit_that_fails_answers_no_200_and_the_good_webhooks_go_in_on_a_retry(
     fresh_database_url: str,
 ) -> None:
