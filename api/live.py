@@ -29,7 +29,8 @@ from api.server import PRECHECK
 from api.tokens import ApiAuth
 from events.errors import ZaplineError
 from events.pool import Pool
-from pipeline.fanout import CHANNEL_PREFIX, frames
+from pipeline import fanout
+from pipeline.fanout import frames
 
 log = logging.getLogger("zapline.live")
 
@@ -123,6 +124,7 @@ class Hub:
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._heads: dict[str, int] = {}  # the newest cursor seen per followed instance
         self._greenlets: list[gevent.Greenlet] = []
+        self._prefix = ""  # this database's channels (fanout.prefix), set by _listen
 
     def add(self, sub: Subscriber) -> None:
         if not self._greenlets:
@@ -160,7 +162,9 @@ class Hub:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                # Read each time: before migrations the first tries fail and are retried.
+                self._prefix = fanout.prefix(fanout.scope(self._pool))
+                pubsub.psubscribe(self._prefix + "*")
                 self._wake_all()  # anything published while we were not listening
                 pause = 0.5
                 pinged = time.monotonic()
@@ -184,7 +188,7 @@ class Hub:
     def _deliver(self, message: dict[str, Any]) -> None:
         channel = message["channel"]
         channel = channel.decode() if isinstance(channel, bytes) else channel
-        instance = channel[len(CHANNEL_PREFIX) :]
+        instance = channel[len(self._prefix) :]
         subs = self._subscribers.get(instance)
         if not subs:
             return

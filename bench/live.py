@@ -75,6 +75,8 @@ from common import (  # noqa: E402
     write_section,
 )
 
+from pipeline import fanout  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 FIXTURE = (
@@ -1038,7 +1040,7 @@ def run_end_to_end(args: argparse.Namespace, env: dict[str, str], logs: Path) ->
             target=redis_tap,
             args=(
                 env.get("REDIS_URL", DEFAULT_REDIS_URL),
-                f"zapline:feed:{instance}",
+                feed_channel(args.database_url, instance),
                 time.monotonic() + args.seconds + args.drain + 120,
                 tap_end,
                 args.database_url,
@@ -1159,6 +1161,17 @@ def run_end_to_end(args: argparse.Namespace, env: dict[str, str], logs: Path) ->
             result.problem_lines += [f"{proc.name}: {line}" for line in lines]
     print_end_to_end(result)
     return result
+
+
+def feed_channel(url: str, instance: str) -> str:
+    """The Redis channel the worker publishes the instance's frames on."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM feed_scope")
+            return fanout.prefix(cur.fetchone()[0]) + instance
+    finally:
+        conn.close()
 
 
 def db_stamps(url: str, instance: str, keys: list[str]) -> dict[bytes, tuple[float, float]]:

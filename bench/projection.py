@@ -268,6 +268,10 @@ def timed_catch_up(url: str, usage: Usage, *, overlapped: bool) -> tuple[int, fl
     ticks are lost)."""
     conn, planner = connect(url), connect(url)
     client = redis.Redis.from_url(REDIS_URL)
+    with conn.cursor() as cur:
+        cur.execute("SELECT id FROM feed_scope")
+        channels = fanout.prefix(cur.fetchone()[0])
+    conn.rollback()
     commit = catchup._commit
 
     def timed_commit(*args: Any) -> runner.Batch:
@@ -285,7 +289,7 @@ def timed_catch_up(url: str, usage: Usage, *, overlapped: bool) -> tuple[int, fl
                 conn,
                 planner if overlapped else None,
                 # As the worker does after each commit.
-                after_commit=lambda batch: fanout.publish(client, batch.feed),
+                after_commit=lambda batch: fanout.publish(client, channels, batch.feed),
             )
             return total, time.perf_counter() - started
     finally:

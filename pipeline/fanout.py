@@ -2,6 +2,10 @@
 
 Redis pub/sub carries notifications, never state: a frame lost here is found again by the
 web process from the feed table (api/live.py fills gaps), so losing Redis loses nothing.
+
+Channels are named after the database's feed scope (migrations/0006_feed_scope.sql), since
+pub/sub is shared by every client of a Redis server: another deployment's frames must never
+reach our sockets (a foreign cursor would make a client drop the real change as seen).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-CHANNEL_PREFIX = "zapline:feed:"
 # Frames travel in messages of up to this many, one per line (JSON text never holds a raw
 # newline). A catch-up batch makes thousands of frames, and one PUBLISH each cost the worker
 # ~17 us of CPU per event: a quarter of what projecting the event costs.
@@ -19,9 +22,30 @@ FRAMES_PER_MESSAGE = 500
 _CURSOR_AT = len('{"cursor":')
 
 
-def channel(instance: str) -> str:
-    """The pub/sub channel of an instance's feed."""
-    return CHANNEL_PREFIX + instance
+def scope(pool: Any) -> str:
+    """This database's feed scope, the middle of its channel names."""
+    with pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM feed_scope")
+        return str(cur.fetchone()[0])
+
+
+def prefix(scope: str) -> str:
+    """What every channel of a scope starts with; the instance follows."""
+    return f"zapline:{scope}:feed:"
+
+
+class Publisher:
+    """Publishes feed items to the channels of one database (its scope read on first use)."""
+
+    def __init__(self, redis: Any, pool: Any) -> None:
+        self._redis = redis
+        self._pool = pool
+        self._prefix: str | None = None
+
+    def __call__(self, items: Iterable[Any]) -> int:
+        if self._prefix is None:
+            self._prefix = prefix(scope(self._pool))
+        return publish(self._redis, self._prefix, items)
 
 
 def frame(cursor: int, kind: str, instance: str, data_json: str) -> str:
@@ -47,9 +71,10 @@ def frames(message: str | bytes) -> list[tuple[int, str]]:
     return found
 
 
-def publish(client: Any, items: Iterable[Any]) -> int:
-    """Publish feed items (.instance, .cursor, .kind, .data_json) in one round trip; return
-    how many. Each instance's frames go in order, FRAMES_PER_MESSAGE to a message."""
+def publish(client: Any, channels: str, items: Iterable[Any]) -> int:
+    """Publish feed items (.instance, .cursor, .kind, .data_json) to the channels starting
+    with `channels` in one round trip; return how many. Each instance's frames go in order,
+    FRAMES_PER_MESSAGE to a message."""
     lines: dict[str, list[str]] = {}
     for item in items:
         lines.setdefault(item.instance, []).append(
@@ -60,7 +85,8 @@ def publish(client: Any, items: Iterable[Any]) -> int:
     pipe = client.pipeline(transaction=False)
     for instance, framed in lines.items():
         for start in range(0, len(framed), FRAMES_PER_MESSAGE):
-            pipe.publish(channel(instance), "\n".join(framed[start : start + FRAMES_PER_MESSAGE]))
+            message = "\n".join(framed[start : start + FRAMES_PER_MESSAGE])
+            pipe.publish(channels + instance, message)
     pipe.execute()
     return sum(len(framed) for framed in lines.values())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -48,6 +47,7 @@ class Projector:
         self._send_media = send_media
         self._pool = Pool(settings.database_url, size=2)
         self._redis = probes.redis_client(settings.redis_url)
+        self._publish = fanout.Publisher(self._redis, self._pool)
         self._worker_id = worker_id
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -99,7 +99,7 @@ class Projector:
         self.checkpoint = batch.cursor
         self.projected += batch.events
         try:
-            fanout.publish(self._redis, batch.feed)
+            self._publish(batch.feed)
         except Exception as error:  # clients fill the gap from the feed table
             log.warning("fan-out failed", extra={"fields": {"error": type(error).__name__}})
         self._queue_media(batch.new_media)
@@ -168,12 +168,13 @@ class Runtime:
                 settings.evolution_api_key,
                 settings.evolution_timeout_seconds,
             )
+        pool = Pool(settings.database_url, size=settings.worker_threads)
         self.media = MediaJobs(
-            Pool(settings.database_url, size=settings.worker_threads),
+            pool,
             storage_from(settings),
             evolution,
             max_attempts=settings.media_max_attempts,
-            publish=functools.partial(fanout.publish, probes.redis_client(settings.redis_url)),
+            publish=fanout.Publisher(probes.redis_client(settings.redis_url), pool),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import signal
 import socket
@@ -12,11 +13,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 import websocket
 
+from events.pool import Pool
+from pipeline import fanout
+from projections.runner import FeedItem
 from tests.conftest import (
     WEBHOOK_TOKEN,
     WebServer,
+    drop_database,
+    new_database,
     projected_up_to_head,
     sql,
     start_web,
@@ -254,6 +261,32 @@ def test_one_web_process_holds_more_sockets_than_its_inherited_open_files_limit(
             ws.close()
         web.stop()
     assert len(sockets) == 1100
+
+
+def test_frames_another_deployment_publishes_on_the_same_redis_never_reach_our_clients(
+    stack,
+) -> None:
+    url, web = stack
+    ws = _connect(web, "alpha", "tok-a", after=0)
+    live = _frames_until(ws, lambda fs: fs[-1]["type"] == "live")[-1]["cursor"]
+    # given: another deployment (its own database) on our Redis, with an instance of the
+    # same name, publishing the cursor our next change will have
+    other = new_database()
+    pool = Pool(other, size=1)
+    redis_client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        foreign = FeedItem("alpha", live + 1, "message.created", {"key_id": "FOREIGN"}, "")
+        fanout.Publisher(redis_client, pool)([foreign._replace(data_json=json.dumps(foreign.data))])
+        # when: our own next change is made
+        web.post_webhook(_upsert("alpha", "OURS"))
+        frames = _frames_until(ws, lambda fs: "OURS" in _created_keys(fs))
+    finally:
+        ws.close()
+        pool.close()
+        redis_client.close()
+        drop_database(other)
+    # then: the client got ours at that cursor, and never the other deployment's
+    assert _created_keys(frames) == ["OURS"] and frames[0]["cursor"] == live + 1
 
 
 def test_a_token_only_ever_receives_its_instances_changes(stack) -> None:

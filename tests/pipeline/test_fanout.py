@@ -46,9 +46,10 @@ def test_every_frame_arrives_once_in_order_in_few_messages() -> None:
     first, second = f"fanout-{uuid.uuid4().hex[:8]}", f"fanout-{uuid.uuid4().hex[:8]}"
     items = [_item(first if n % 2 else second, n, f"text {n}\nnext line") for n in range(1, 1202)]
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(fanout.channel(first), fanout.channel(second))
+    channels = fanout.prefix("test" + uuid.uuid4().hex[:8])
+    pubsub.subscribe(channels + first, channels + second)
     try:
-        assert fanout.publish(client, items) == len(items)
+        assert fanout.publish(client, channels, items) == len(items)
         received: dict[str, list[tuple[int, str]]] = {first: [], second: []}
         messages = 0
         deadline = time.monotonic() + 10
@@ -56,7 +57,7 @@ def test_every_frame_arrives_once_in_order_in_few_messages() -> None:
             message = pubsub.get_message(timeout=1.0)
             if message is None:
                 continue
-            instance = message["channel"].decode()[len(fanout.CHANNEL_PREFIX) :]
+            instance = message["channel"].decode()[len(channels) :]
             received[instance] += fanout.frames(message["data"])
             messages += 1
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.fanout import CHANNEL_PREFIX
+from pipeline import fanout
 from tests.conftest import (
     ROOT,
     WebServer,
@@ -122,7 +122,8 @@ def test_a_stored_media_reaches_live_sockets_through_redis_not_only_the_feed_tab
     instance = "live-media-" + uuid.uuid4().hex[:6]
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(CHANNEL_PREFIX + instance)
+    [(scope,)] = sql(stack.url, "SELECT id FROM feed_scope")
+    pubsub.subscribe(fanout.prefix(scope) + instance)
     try:
         stack.web.post_webhook(image_upsert(instance, "PNGL", png(8, 8, seed=9)))
         stack.settled(instance, "PNGL")
