@@ -163,7 +163,8 @@ class Hub:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 # Read each time: before migrations the first tries fail and are retried.
-                self._prefix = fanout.prefix(fanout.scope(self._pool))
+                with self._pool.connection() as conn, conn, conn.cursor() as cur:
+                    self._prefix = fanout.prefix(fanout.scope(cur))
                 pubsub.psubscribe(self._prefix + "*")
                 self._wake_all()  # anything published while we were not listening
                 pause = 0.5

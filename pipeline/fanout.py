@@ -15,6 +15,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import psycopg2
+
 # Frames travel in messages of up to this many, one per line (JSON text never holds a raw
 # newline). A catch-up batch makes thousands of frames, and one PUBLISH each cost the worker
 # ~17 us of CPU per event: a quarter of what projecting the event costs.
@@ -22,11 +24,10 @@ FRAMES_PER_MESSAGE = 500
 _CURSOR_AT = len('{"cursor":')
 
 
-def scope(pool: Any) -> str:
+def scope(cur: Any) -> str:
     """This database's feed scope, the middle of its channel names."""
-    with pool.connection() as conn, conn, conn.cursor() as cur:
-        cur.execute("SELECT id FROM feed_scope")
-        return str(cur.fetchone()[0])
+    cur.execute("SELECT id FROM feed_scope")
+    return str(cur.fetchone()[0])
 
 
 def prefix(scope: str) -> str:
@@ -35,16 +36,25 @@ def prefix(scope: str) -> str:
 
 
 class Publisher:
-    """Publishes feed items to the channels of one database (its scope read on first use)."""
+    """Publishes feed items to the channels of one database.
 
-    def __init__(self, redis: Any, pool: Any) -> None:
+    Its scope is read on first use, on a connection of its own: the caller's connections may
+    all be taken (the projector publishes between batches that hold both of its own).
+    """
+
+    def __init__(self, redis: Any, database_url: str) -> None:
         self._redis = redis
-        self._pool = pool
+        self._database_url = database_url
         self._prefix: str | None = None
 
     def __call__(self, items: Iterable[Any]) -> int:
         if self._prefix is None:
-            self._prefix = prefix(scope(self._pool))
+            conn = psycopg2.connect(self._database_url, connect_timeout=5)
+            try:
+                with conn.cursor() as cur:
+                    self._prefix = prefix(scope(cur))
+            finally:
+                conn.close()
         return publish(self._redis, self._prefix, items)
 
 

@@ -40,13 +40,12 @@ def publish(settings: Settings, outcome: rebuild.Outcome) -> None:
     """Push the swap's feed changes to live sockets (best effort: they also read the feed)."""
     if not outcome.feed:
         return
-    pool = Pool(settings.database_url, size=1)
     try:
-        fanout.Publisher(probes.redis_client(settings.redis_url), pool)(outcome.feed)
+        fanout.Publisher(probes.redis_client(settings.redis_url), settings.database_url)(
+            outcome.feed
+        )
     except Exception as error:  # sockets notice the feed head moved and fill from the table
         log.warning("rebuild fan-out failed", extra={"fields": {"error": type(error).__name__}})
-    finally:
-        pool.close()
 
 
 def _wanted(conn: Any, name: str) -> bool:

@@ -47,7 +47,7 @@ class Projector:
         self._send_media = send_media
         self._pool = Pool(settings.database_url, size=2)
         self._redis = probes.redis_client(settings.redis_url)
-        self._publish = fanout.Publisher(self._redis, self._pool)
+        self._publish = fanout.Publisher(self._redis, settings.database_url)
         self._worker_id = worker_id
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -168,13 +168,14 @@ class Runtime:
                 settings.evolution_api_key,
                 settings.evolution_timeout_seconds,
             )
-        pool = Pool(settings.database_url, size=settings.worker_threads)
         self.media = MediaJobs(
-            pool,
+            Pool(settings.database_url, size=settings.worker_threads),
             storage_from(settings),
             evolution,
             max_attempts=settings.media_max_attempts,
-            publish=fanout.Publisher(probes.redis_client(settings.redis_url), pool),
+            publish=fanout.Publisher(
+                probes.redis_client(settings.redis_url), settings.database_url
+            ),
         )
 
 

@@ -16,7 +16,6 @@ import pytest
 import redis
 import websocket
 
-from events.pool import Pool
 from pipeline import fanout
 from projections.runner import FeedItem
 from tests.conftest import (
@@ -272,17 +271,16 @@ def test_frames_another_deployment_publishes_on_the_same_redis_never_reach_our_c
     # given: another deployment (its own database) on our Redis, with an instance of the
     # same name, publishing the cursor our next change will have
     other = new_database()
-    pool = Pool(other, size=1)
     redis_client = redis.Redis.from_url(os.environ["REDIS_URL"])
     try:
-        foreign = FeedItem("alpha", live + 1, "message.created", {"key_id": "FOREIGN"}, "")
-        fanout.Publisher(redis_client, pool)([foreign._replace(data_json=json.dumps(foreign.data))])
+        data = {"key_id": "FOREIGN"}
+        foreign = FeedItem("alpha", live + 1, "message.created", data, json.dumps(data))
+        fanout.Publisher(redis_client, other)([foreign])
         # when: our own next change is made
         web.post_webhook(_upsert("alpha", "OURS"))
         frames = _frames_until(ws, lambda fs: "OURS" in _created_keys(fs))
     finally:
         ws.close()
-        pool.close()
         redis_client.close()
         drop_database(other)
     # then: the client got ours at that cursor, and never the other deployment's
