@@ -1168,8 +1168,7 @@ def feed_channel(url: str, instance: str) -> str:
     conn = psycopg2.connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT id FROM feed_scope")
-            return fanout.prefix(cur.fetchone()[0]) + instance
+            return fanout.prefix(fanout.scope(cur)) + instance
     finally:
         conn.close()
 

@@ -269,8 +269,7 @@ def timed_catch_up(url: str, usage: Usage, *, overlapped: bool) -> tuple[int, fl
     conn, planner = connect(url), connect(url)
     client = redis.Redis.from_url(REDIS_URL)
     with conn.cursor() as cur:
-        cur.execute("SELECT id FROM feed_scope")
-        channels = fanout.prefix(cur.fetchone()[0])
+        channels = fanout.prefix(fanout.scope(cur))
     conn.rollback()
     commit = catchup._commit
 
