@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,6 +292,35 @@ def project_all(conn: Any, url: str, planner: Any = None) -> int:
         if projected_up_to_head(url):
             return projected
     raise AssertionError("not caught up within 60 s")
+
+
+@contextlib.contextmanager
+def feed_channel(url: str, instance: str) -> Iterator[Callable[[str, float], str]]:
+    """Listen to an instance's live channel in Redis; yield `read(until, seconds)`, which
+    returns what was published once `until` is in it, or when the time is up."""
+    import redis
+
+    from pipeline import fanout
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    [(scope,)] = sql(url, "SELECT id FROM feed_scope")
+    pubsub.subscribe(fanout.prefix(scope) + instance)
+
+    def read(until: str, seconds: float) -> str:
+        published = ""
+        deadline = time.monotonic() + seconds
+        while until not in published and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None:
+                published += message["data"].decode()
+        return published
+
+    try:
+        yield read
+    finally:
+        pubsub.close()
+        client.close()
 
 
 def projected_up_to_head(url: str) -> bool:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from pipeline import fanout
 from tests.conftest import (
     ROOT,
     WebServer,
     Worker,
     drop_database,
+    feed_channel,
     new_database,
     sql,
     start_web,
@@ -120,22 +118,10 @@ def test_a_stored_media_reaches_live_sockets_through_redis_not_only_the_feed_tab
     stack: Stack,
 ) -> None:
     instance = "live-media-" + uuid.uuid4().hex[:6]
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    [(scope,)] = sql(stack.url, "SELECT id FROM feed_scope")
-    pubsub.subscribe(fanout.prefix(scope) + instance)
-    try:
+    with feed_channel(stack.url, instance) as read:
         stack.web.post_webhook(image_upsert(instance, "PNGL", png(8, 8, seed=9)))
         stack.settled(instance, "PNGL")
-        published = ""
-        deadline = time.monotonic() + 10
-        while '"status":"stored"' not in published and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=1)
-            if message is not None:
-                published += message["data"].decode()
-    finally:
-        pubsub.close()
-        client.close()
+        published = read('"status":"stored"', 10)
     assert '"status":"stored"' in published
 
 

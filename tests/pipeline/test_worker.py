@@ -12,14 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
-import redis
 
 from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
-from pipeline import fanout
 from tests.conftest import (
     ROOT,
+    feed_channel,
     project_all,
     projected_up_to_head,
     sql,
@@ -356,23 +355,14 @@ def test_a_poison_event_is_parked_and_later_events_still_project(
 
 def test_projected_changes_reach_redis_on_this_databases_channel(fresh_database_url: str) -> None:
     url = fresh_database_url
-    [(scope,)] = sql(url, "SELECT id FROM feed_scope")
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(fanout.prefix(scope) + "fan")
     worker = start_worker(url)
     try:
-        _append(url, [_upsert("fan", "F1")])
-        published = ""
-        deadline = time.monotonic() + 8  # well before a wait for a pooled connection gives up
-        while '"F1"' not in published and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.5)
-            if message is not None:
-                published += message["data"].decode()
+        with feed_channel(url, "fan") as read:
+            _append(url, [_upsert("fan", "F1")])
+            # well before a wait for a pooled connection would give up (10 s)
+            published = read('"F1"', 8)
     finally:
         worker.stop()
-        pubsub.close()
-        client.close()
     assert '"type":"message.created"' in published and '"F1"' in published
 
 
