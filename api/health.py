@@ -88,21 +88,30 @@ def run_checks(checks: Mapping[str, Check], timeout: float) -> tuple[dict[str, A
     Every check is abandoned after `timeout` seconds, so a dependency that accepts
     connections and never answers cannot hold the probe.
     """
-    greenlets = {name: gevent.spawn(check) for name, check in checks.items()}
+    greenlets = {name: gevent.spawn(_outcome, check) for name, check in checks.items()}
     gevent.joinall(list(greenlets.values()), timeout=timeout)
     results: dict[str, Any] = {}
     failed: set[str] = set()
     for name, greenlet in greenlets.items():
-        if greenlet.successful():
-            results[name] = greenlet.value
-            continue
-        failed.add(name)
-        if greenlet.ready():
-            results[name] = _safe(greenlet.exception)
-        else:
+        if not greenlet.ready():
             greenlet.kill(block=False)
+            failed.add(name)
             results[name] = f"timeout after {timeout:g} s"
+            continue
+        passed, results[name] = greenlet.value
+        if not passed:
+            failed.add(name)
     return results, failed
+
+
+def _outcome(check: Check) -> tuple[bool, Any]:
+    """(passed, what the check returned or why it failed), caught here: gevent prints the
+    traceback of every greenlet that dies of an exception, once per probe of a dependency
+    that is down."""
+    try:
+        return True, check()
+    except Exception as error:
+        return False, _safe(error)
 
 
 def _connected(results: dict[str, Any]) -> dict[str, Any]:

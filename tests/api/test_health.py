@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import WebServer, start_web
-from tests.netutil import Blackhole, TcpProxy
+from tests.netutil import Blackhole, TcpProxy, free_port
 
 pytestmark = pytest.mark.services
 
@@ -79,6 +79,18 @@ def test_probes_answer_503_within_bounds_when_the_database_is_gone(database_url:
     finally:
         server.stop()
         proxy.cut()
+
+
+def test_probes_of_a_dependency_that_is_down_log_no_traceback(database_url: str) -> None:
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    server = start_web(database_url, capture_output=True, REDIS_URL=redis_url)
+    try:
+        for _ in range(3):
+            assert server.request("GET", "/health/ready").status == 503
+    finally:
+        server.stop()
+    output = server.process.stdout.read().decode()
+    assert "Traceback" not in output, output[-2000:]
 
 
 def test_ready_answers_503_draining_from_sigterm_on(database_url: str) -> None:
