@@ -27,7 +27,7 @@ from api.metrics import WEBSOCKET_CLIENTS
 from api.reads import BadQuery, read_feed
 from api.server import PRECHECK
 from api.tokens import ApiAuth
-from events.errors import ZaplineError
+from events.errors import StoreUnavailable, ZaplineError
 from events.pool import Pool
 from pipeline import fanout
 from pipeline.fanout import frames
@@ -35,6 +35,7 @@ from pipeline.fanout import frames
 log = logging.getLogger("zapline.live")
 
 SERVICE_RESTART = 1012
+TRY_AGAIN_LATER = 1013  # the database cannot be read now: reconnect with backoff
 PING_SECONDS = 20.0
 # A client that vanished without closing (power loss, dead network) is dropped by the kernel
 # within about this long, whether the socket is idle (keepalive) or has unacked frames.
@@ -275,6 +276,9 @@ class LiveResource:
             self._follow(sub)
         except (WebSocketError, OSError):
             pass  # the client went away
+        except StoreUnavailable:
+            # A close code, not a dropped connection (1006): the client knows to come back.
+            sub.close(TRY_AGAIN_LATER, "database unavailable")
         finally:
             self._hub.remove(sub)
             sub.closed = True

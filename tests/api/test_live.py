@@ -29,7 +29,7 @@ from tests.conftest import (
     start_worker,
     wait_for,
 )
-from tests.netutil import free_port
+from tests.netutil import TcpProxy, free_port
 
 pytestmark = pytest.mark.services
 
@@ -342,6 +342,22 @@ def test_only_the_ws_path_upgrades(stack) -> None:
         },
     )
     assert answer.status == 200 and answer.json()["status"] == "ok"
+
+
+def test_a_socket_the_database_cannot_serve_is_closed_with_try_again_later(
+    fresh_database_url: str,
+) -> None:
+    proxy = TcpProxy(5432)
+    web = start_web(fresh_database_url.replace(":5432/", f":{proxy.port}/"), API_TOKENS=TOKENS)
+    try:
+        proxy.cut()
+        ws = _connect(web, "alpha", "tok-a", after=0)
+        op, data = _read_until_close(ws)
+    finally:
+        web.stop()
+        proxy.cut()
+    # a close code the client can act on (back off, come back), not a dropped connection
+    assert int.from_bytes(data[:2], "big") == 1013
 
 
 def test_after_a_web_restart_the_client_resumes_with_exactly_the_missed_changes(
