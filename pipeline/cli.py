@@ -153,12 +153,17 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         print("usage: replay needs --projection NAME (or --media-failed)", file=sys.stderr)
         return 2
     from events.pool import Pool
+    from events.store import EventStore
     from pipeline.progress import Progress
     from projections.replay import Selection, count, replay
 
+    pool = Pool(settings.database_url, size=1)
+    # Up to the log's head as it is now: new events are the live projector's to apply, and a
+    # replay chasing them would never end under traffic, nor match the count it announced.
+    last = args.last if args.last is not None else EventStore(pool).head()
     selection = Selection(
         args.first,
-        args.last,
+        last,
         args.instance,
         args.parked,
         types=tuple(args.types),
@@ -166,7 +171,6 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         since=args.since,
         until=args.until,
     )
-    pool = Pool(settings.database_url, size=1)
     with pool.connection() as conn:
         progress = Progress("replay", count(conn, selection))
         progress.update(0)  # the rate counts from here

@@ -199,3 +199,47 @@ def test_the_cli_takes_the_filters(log: str) -> None:
         env={**os.environ, "DATABASE_URL": log},
     )
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+
+
+def test_a_replay_without_to_stops_at_the_head_it_started_from(fresh_database_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from tests.conftest import ROOT
+
+    url = fresh_database_url
+    store = EventStore(Pool(url, size=1))
+    store.append([parse_webhook(_upsert("i1", f"OLD{n}", JID_A)) for n in range(3000)])
+    # given: events arriving all the time the replay runs
+    stop = threading.Event()
+
+    def keep_appending() -> None:
+        for batch in range(300):  # at most 30,000 events
+            if stop.is_set():
+                return
+            store.append(
+                [parse_webhook(_upsert("i1", f"NEW{batch}-{n}", JID_A)) for n in range(100)]
+            )
+
+    appender = threading.Thread(target=keep_appending)
+    appender.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "replay", "--projection", "messages"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "DATABASE_URL": url},
+        )
+    finally:
+        stop.set()
+        appender.join(timeout=60)
+    # then: it replayed what it counted at its start, and ended
+    assert done.returncode == 0, done.stderr
+    replayed = int(done.stdout.split()[1])
+    last_progress = done.stderr.strip().splitlines()[-1]  # "replay: N/N (...)"
+    counted = int(last_progress.split()[1].split("/")[1])
+    assert 3000 <= replayed == counted
