@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from events.errors import ConfigError
+from pipeline import probes
 from pipeline.config import Settings
 from pipeline.web import check_free
 
@@ -29,6 +31,13 @@ def run(settings: Settings) -> int:
     # This machine only: the banner's tokens are no secret.
     bind = f"127.0.0.1:{settings.port}"
     check_free(bind)  # before the banner and the worker, so the reason is the last line
+    try:
+        probes.check_rabbitmq(settings.rabbitmq_url, timeout=5)
+    except probes.LoginRefused:
+        # A wrong vhost or password: the services would start and retry it for ever.
+        raise ConfigError(probes.REFUSED_LOGIN) from None
+    except probes.DependencyDown:
+        pass  # down for now: the services work without it and catch up (invariant 6)
     url = f"http://{bind}"
     # A SIGTERM or SIGHUP (kill, a closed terminal, a process manager) stops the children the
     # way Ctrl-C does, instead of leaving them running, holding the port, in their sessions.

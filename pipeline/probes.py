@@ -13,6 +13,15 @@ class DependencyDown(ZaplineError):
     """A dependency did not answer properly."""
 
 
+class LoginRefused(DependencyDown):
+    """RabbitMQ answered but refused our user, password or vhost: configuration, not an
+    outage."""
+
+
+REFUSED_LOGIN = "RabbitMQ refused the login: check the user, password and vhost of RABBITMQ_URL"
+REFUSALS = (pika.exceptions.ProbableAccessDeniedError, pika.exceptions.ProbableAuthenticationError)
+
+
 def check_redis(client: redis.Redis) -> None:
     """PING Redis.
 
@@ -39,6 +48,8 @@ def check_rabbitmq(url: str, timeout: float = 1.5) -> None:
     params.heartbeat = 0
     try:
         pika.BlockingConnection(params).close()
+    except REFUSALS as error:
+        raise LoginRefused(f"rabbitmq: {type(error).__name__}") from error
     except (TimeoutError, pika.exceptions.AMQPError, OSError) as error:
         raise DependencyDown(f"rabbitmq: {type(error).__name__}") from error
 

@@ -116,12 +116,8 @@ def queue_depths(url: str) -> tuple[dict[str, int | None], str | None]:
     params.connection_attempts = 1
     try:
         connection = pika.BlockingConnection(params)
-    except (
-        pika.exceptions.ProbableAccessDeniedError,
-        pika.exceptions.ProbableAuthenticationError,
-    ):
-        refused = "RabbitMQ refused the login: check the user, password and vhost of RABBITMQ_URL"
-        return dict.fromkeys(QUEUES), refused
+    except probes.REFUSALS:
+        return dict.fromkeys(QUEUES), probes.REFUSED_LOGIN
     except (pika.exceptions.AMQPError, OSError):
         return dict.fromkeys(QUEUES), "RabbitMQ did not answer"
     depths: dict[str, int | None] = {}

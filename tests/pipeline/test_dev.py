@@ -134,5 +134,29 @@ def test_make_run_on_a_taken_port_ends_with_one_line_before_starting_anything(
     assert "WEBHOOK_TOKEN" not in out, "no banner for a run that cannot start"
 
 
+def test_make_run_with_a_vhost_rabbitmq_refuses_ends_with_one_line(
+    fresh_database_url: str,
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": fresh_database_url,
+        "PORT": str(_free_port()),
+        "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/no_such_vhost_here",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "dev"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: RabbitMQ refused the login: check the user, password and vhost of RABBITMQ_URL"
+    ]
+    assert "WEBHOOK_TOKEN" not in done.stdout, "nothing started"
+
+
 def test_the_readme_shows_the_webhook_make_run_offers() -> None:
     assert dev.SAMPLE in (ROOT / "README.md").read_text()
