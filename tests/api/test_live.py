@@ -344,13 +344,17 @@ def test_only_the_ws_path_upgrades(stack) -> None:
     assert answer.status == 200 and answer.json()["status"] == "ok"
 
 
+@pytest.mark.parametrize("fault", ["down", "not migrated"])
 def test_a_socket_the_database_cannot_serve_is_closed_with_try_again_later(
-    fresh_database_url: str,
+    fresh_database_url: str, fault: str
 ) -> None:
     proxy = TcpProxy(5432)
     web = start_web(fresh_database_url.replace(":5432/", f":{proxy.port}/"), API_TOKENS=TOKENS)
     try:
-        proxy.cut()
+        if fault == "down":
+            proxy.cut()
+        else:
+            sql(fresh_database_url, "ALTER TABLE feed RENAME TO feed_not_yet")
         ws = _connect(web, "alpha", "tok-a", after=0)
         op, data = _read_until_close(ws)
     finally:
