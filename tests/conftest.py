@@ -18,8 +18,11 @@ from typing import Any
 
 import psycopg2
 import pytest
+import redis
 
 from migrations.runner import migrate
+from pipeline import fanout
+from projections.catchup import catch_up
 from tests.netutil import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,8 +286,6 @@ def project_all(conn: Any, url: str, planner: Any = None) -> int:
     The gap-safe read waits for every older writing transaction on the server, and other
     databases on a shared server may hold one open for a while.
     """
-    from projections.catchup import catch_up
-
     projected = 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -298,10 +299,6 @@ def project_all(conn: Any, url: str, planner: Any = None) -> int:
 def feed_channel(url: str, instance: str) -> Iterator[Callable[[str, float], str]]:
     """Listen to an instance's live channel in Redis; yield `read(until, seconds)`, which
     returns what was published once `until` is in it, or when the time is up."""
-    import redis
-
-    from pipeline import fanout
-
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     [(scope,)] = sql(url, "SELECT id FROM feed_scope")

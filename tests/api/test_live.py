@@ -306,9 +306,11 @@ def test_a_token_in_the_authorization_header_opens_the_socket(stack) -> None:
         header=["Authorization: Bearer tok-a"],
         timeout=10,
     )
-    frames = _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+    _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+    web.post_webhook(_upsert("alpha", "BY-HEADER"))
+    frames = _frames_until(ws, lambda fs: "BY-HEADER" in _created_keys(fs))
     ws.close()
-    assert frames[-1]["type"] == "live"
+    assert _created_keys(frames) == ["BY-HEADER"]
 
 
 @pytest.mark.parametrize(
