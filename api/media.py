@@ -77,6 +77,9 @@ def _byte_range(req: falcon.Request, size: int | None) -> tuple[int, int] | None
     try:
         asked = req.range
     except falcon.HTTPBadRequest:
+        # Falcon rejects a zero-length suffix, which RFC 9110 calls valid but unsatisfiable.
+        if size and (req.get_header("Range") or "").replace(" ", "") == "bytes=-0":
+            raise falcon.HTTPRangeNotSatisfiable(size) from None
         return None
     if asked is None or size is None or req.range_unit != "bytes":
         return None

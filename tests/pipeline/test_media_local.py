@@ -149,6 +149,7 @@ def test_ranges_of_a_local_file_are_served_as_parts_for_players_to_seek(stack: S
         assert answer.headers["content-range"] == f"bytes {first}-{last}/{size}"
         assert answer.body == image[first : last + 1], asked
     assert get(f"bytes={size}-").status == 416
+    assert get("bytes=-0").status == 416  # valid, but asks for no byte (RFC 9110 14.1.1)
     whole = get("pages=1-2")  # a unit we do not serve: the whole file, as without Range
     assert (whole.status, whole.body, whole.headers["accept-ranges"]) == (200, image, "bytes")
 
