@@ -52,6 +52,7 @@ _READ_ERRORS = {
     "400": _answer("Malformed query parameter"),
     "401": _answer("Missing or invalid API token"),
     "404": _answer("No such instance for this token (another tenant's is 404 too)"),
+    "503": _answer("The database cannot answer now (down, or not migrated yet); retry later"),
 }
 _ADMIN_401 = {"401": _answer("Missing or invalid admin token")}
 
@@ -161,8 +162,12 @@ _PATHS: dict[str, dict[str, Any]] = {
             "parameters": [_path_param("media_id", "The media id in a message's media")],
             "responses": {
                 "200": {"description": "The file (local media store)"},
+                "206": {"description": "The bytes a Range header asked for (local media store)"},
                 "302": {"description": "Redirect to a presigned URL"},
                 **_READ_ERRORS,
+                "409": _answer("The media is not stored (yet): pending or failed"),
+                "416": _answer("The Range asks for no byte of the file"),
+                "503": _answer("The database or the media store cannot answer now; retry later"),
             },
         }
     },
@@ -192,7 +197,11 @@ _PATHS: dict[str, dict[str, Any]] = {
             "operationId": "listProjections",
             "summary": "Checkpoint, head, lag, parked events and rebuild state per projection",
             "security": [{"adminToken": []}],
-            "responses": {"200": _answer("Projections", "Projections"), **_ADMIN_401},
+            "responses": {
+                "200": _answer("Projections", "Projections"),
+                **_ADMIN_401,
+                "503": _answer("The database cannot answer now; retry later"),
+            },
         }
     },
     "/admin/projections/{name}/rebuild": {

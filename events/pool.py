@@ -9,6 +9,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from events.errors import StoreUnavailable
@@ -60,6 +61,12 @@ class Pool:
             self._discard(conn)
             conn = None
             raise StoreUnavailable(_first_line(error)) from error
+        except psycopg2.errors.UndefinedTable as error:
+            # Up, but not migrated (yet): as unavailable as down, for web and CLI alike.
+            raise StoreUnavailable(
+                f"the database is not migrated (run python -m pipeline migrate):"
+                f" {_first_line(error)}"
+            ) from error
         except Exception:
             raise  # the connection is fine; given back (and rolled back) below
         except BaseException:

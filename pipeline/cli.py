@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import psycopg2
+
 from events.errors import ZaplineError
 from pipeline import logs
 from pipeline.config import Settings
@@ -94,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args, settings)
     except ZaplineError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except psycopg2.Error as error:  # what the store did not translate: still one line
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: database: {reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -443,6 +443,8 @@ def _set_failed(conn: Any, name: str, error: Exception) -> None:
                 " WHERE projection = %s",
                 (f"{type(error).__name__}: {error}"[:2000], name),
             )
+    except psycopg2.errors.UndefinedTable:
+        pass  # not migrated: there is no rebuild to record, and the error says so
     except psycopg2.Error:
         log.warning("could not record the failed rebuild")
 

@@ -455,3 +455,22 @@ def test_errors_falcon_answers_itself_have_the_same_shape_as_ours(reads: WebServ
 
     assert (no_route.status, no_method.status, ours.status) == (404, 405, 400)
     assert [set(answer.json()) for answer in (no_route, no_method, ours)] == [{"error"}] * 3
+
+
+def test_reads_from_a_database_not_migrated_yet_are_503_to_retry_not_500(
+    fresh_database_url: str,
+) -> None:
+    # given: tables the reads need are missing (a deploy whose migrations have not run)
+    url = fresh_database_url
+    sql(url, "ALTER TABLE chats RENAME TO chats_not_yet; ALTER TABLE messages RENAME TO m_not_yet")
+    server = start_web(url, API_TOKENS=f"{STAR_TOKEN}:*")
+    try:
+        answers = [
+            _get(server, f"/api/instances/{ALPHA}/chats"),
+            _get(server, f"/api/instances/{ALPHA}/chats/{JID}/messages"),
+        ]
+    finally:
+        server.stop()
+    for answer in answers:
+        assert answer.status == 503 and int(answer.headers["retry-after"]) > 0
+        assert answer.json() == {"error": "database unavailable, retry later"}

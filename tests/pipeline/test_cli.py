@@ -45,6 +45,19 @@ def test_a_command_that_cannot_reach_the_database_exits_1_with_one_line(args: li
     assert "database" in line
 
 
+@pytest.mark.parametrize(
+    "args", [["status"], ["replay", "--projection", "messages"], ["rebuild", "messages"]]
+)
+def test_a_command_on_a_database_not_migrated_yet_exits_1_with_one_line(
+    args: list[str], fresh_database_url: str
+) -> None:
+    sql(fresh_database_url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    result = _run(*args, DATABASE_URL=fresh_database_url)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "not migrated (run python -m pipeline migrate)" in line
+
+
 @pytest.mark.parametrize("name", ["chats", "media"])
 def test_chats_and_media_name_the_messages_projection(database_url: str, name: str) -> None:
     replayed = _run("replay", "--projection", name, "--dry-run", DATABASE_URL=database_url)
