@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import psycopg2
@@ -12,7 +13,7 @@ from events.event import Event
 from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
-from projections import messages, runner
+from projections import catchup, messages, runner
 from tests.conftest import project_all, sql
 
 pytestmark = pytest.mark.services
@@ -134,3 +135,47 @@ def test_an_update_held_for_a_key_copy_treats_specially_is_applied_when_it_arriv
         (key_id, "read", AWKWARD)
     ]
     assert sql(url, "SELECT count(*) FROM message_holds") == [(0,)]
+
+
+def test_a_batch_whose_checkpoint_cannot_move_commits_none_of_its_rows(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    jid = "5511999990000@s.whatsapp.net"
+    _append(url, [_upsert("acme", f"K{n}", jid, "hi", 1764460800 + n) for n in range(3)])
+    sql(
+        url,
+        "CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN RAISE EXCEPTION 'refused'; END $$; CREATE TRIGGER refuse_checkpoint"
+        " BEFORE UPDATE ON checkpoints FOR EACH ROW EXECUTE FUNCTION refuse_checkpoint()",
+    )
+    conn = psycopg2.connect(url)
+    with pytest.raises(psycopg2.errors.RaiseException):
+        runner.run_batch(conn)
+    conn.close()
+    # rows, feed and checkpoint move together (invariant 5): the failed batch left nothing
+    for table in ("messages", "chats", "feed", "message_holds"):
+        assert sql(url, f"SELECT count(*) FROM {table}") == [(0,)], table
+    assert sql(url, "SELECT txid, position FROM checkpoints") == [(0, 0)]
+
+
+def test_a_batch_waits_for_the_projection_lock_another_runner_holds(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    _append(url, [_upsert("acme", "K1", "5511999990000@s.whatsapp.net", "hi", 1764460800)])
+    holder, waiter = psycopg2.connect(url), psycopg2.connect(url)
+    catchup._lock(holder, wait=True)
+    done: list[int] = []
+    thread = threading.Thread(target=lambda: done.append(runner.run_batch(waiter).events))
+    try:
+        thread.start()
+        thread.join(1.0)
+        # one writer at a time: nothing projected while the other holds the lock
+        assert done == [] and sql(url, "SELECT count(*) FROM messages") == [(0,)]
+    finally:
+        catchup._unlock(holder)
+    thread.join(15)
+    assert done == [1] and sql(url, "SELECT count(*) FROM messages") == [(1,)]
+    holder.close()
+    waiter.close()
