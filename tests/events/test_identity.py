@@ -38,6 +38,18 @@ def test_two_different_messages_have_two_identities() -> None:
     assert _key(_upsert("ABC")) != _key(_upsert("ABD"))
 
 
+def test_a_message_redelivered_with_other_data_is_the_same_webhook() -> None:
+    # the global webhook's copy, or a re-emission: its data differs, its key id does not
+    first = _upsert("ABC")
+    again = _upsert("ABC")
+    again["data"] = {
+        **again["data"],
+        "pushName": "Someone",
+        "message": {"imageMessage": {}, "base64": {"attachment": 7}},
+    }
+    assert _key(first) == _key(again)
+
+
 def test_the_same_message_id_on_two_instances_is_two_webhooks() -> None:
     other = {**_upsert("ABC"), "instance": "b"}
     assert _key(_upsert("ABC")) != _key(other)
