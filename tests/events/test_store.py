@@ -163,12 +163,18 @@ def test_a_reader_never_skips_an_event_whose_transaction_commits_late(
     assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
 
 
-def test_reads_follow_transaction_ids_as_numbers_across_a_digit_boundary(
-    store: EventStore, fresh_database_url: str
+@pytest.mark.parametrize(
+    "txids",
+    [
+        [9, 9, 9, 10, 10, 10],  # transaction 10 after 9 (as text, "10" sorts first)
+        [10, 9, 11, 9, 12],  # positions are handed out in a different order than commits
+    ],
+)
+def test_reads_follow_transaction_ids_as_numbers_then_positions(
+    store: EventStore, fresh_database_url: str, txids: list[int]
 ) -> None:
-    """Transaction 10 comes after transaction 9 (as text, "10" sorts first)."""
-    # given: events written by transactions 9 and 10, long finished
-    for position, txid in enumerate([9, 9, 9, 10, 10, 10], start=1):
+    # given: events written by these transactions, long finished, at positions 1, 2, ...
+    for position, txid in enumerate(txids, start=1):
         sql(
             fresh_database_url,
             "INSERT INTO events (txid, instance, type, dedupe_key, payload)"
@@ -181,8 +187,8 @@ def test_reads_follow_transaction_ids_as_numbers_across_a_digit_boundary(
         read = store.read_after(cursor, limit=2)
         seen += [(c.txid, event.position) for c, event in read]
         cursor = read[-1][0] if read else cursor
-    # then: every event once, transaction 9's first
-    assert seen == [(9, 1), (9, 2), (9, 3), (10, 4), (10, 5), (10, 6)]
+    # then: every event once, by transaction, then position
+    assert seen == sorted((txid, position) for position, txid in enumerate(txids, start=1))
 
 
 def test_concurrent_migrations_apply_each_file_once() -> None:
