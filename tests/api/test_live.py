@@ -465,6 +465,59 @@ def test_clients_lose_nothing_when_redis_restarts_under_them(fresh_database_url:
         redis.kill()
 
 
+def test_a_live_frame_that_skips_a_cursor_gets_the_skipped_change_from_the_feed_first(
+    fresh_database_url: str,
+) -> None:
+    """Redis lost the frame of cursor 1 and delivered cursor 2: the socket sends 1 (read from
+    the feed table), then 2, each once, before anything later."""
+    url = fresh_database_url
+    web = start_web(url, API_TOKENS=TOKENS)  # no worker: this test writes the feed itself
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    [(scope,)] = sql(url, "SELECT id FROM feed_scope")
+    channels = fanout.prefix(scope)
+    try:
+        # given: the web process subscribed to Redis (a first socket starts it; a probe on a
+        # channel nobody follows counts it), then a socket live on alpha at cursor 0
+        first = _connect(web, "beta", "tok-b")
+        wait_for(lambda: client.publish(channels + "nobody", "probe") > 0, timeout=10)
+        ws = _connect(web, "alpha", "tok-a")
+        assert _frames_until(ws, lambda fs: fs[-1]["type"] == "live") == [
+            {"type": "live", "cursor": 0}
+        ]
+        # when: the feed holds cursors 1 and 2, but only 2's frame is published, then 3's
+        _append_feed(url, "alpha", [1, 2])
+        client.publish(channels + "alpha", _frame("alpha", 2))
+        _append_feed(url, "alpha", [3])
+        client.publish(channels + "alpha", _frame("alpha", 3))
+        frames = _frames_until(ws, lambda fs: fs[-1].get("cursor") == 3, limit=10)
+        ws.close()
+        first.close()
+    finally:
+        client.close()
+        web.stop()
+    # then: the skipped change came first, and nothing came twice
+    assert [f["cursor"] for f in frames] == [1, 2, 3]
+    assert _created_keys(frames) == ["G1", "G2", "G3"]
+
+
+def _append_feed(url: str, instance: str, cursors: list[int]) -> None:
+    """Write feed rows and move the head, as a projector batch commits them."""
+    sql(
+        url,
+        """INSERT INTO feed (instance, cursor, kind, key, data)
+        SELECT %(instance)s, c, 'message.created', 'G' || c, jsonb_build_object('key_id', 'G' || c)
+        FROM unnest(%(cursors)s::bigint[]) AS c;
+        INSERT INTO feed_heads (instance, cursor) VALUES (%(instance)s, %(head)s)
+        ON CONFLICT (instance) DO UPDATE SET cursor = EXCLUDED.cursor""",
+        {"instance": instance, "cursors": cursors, "head": max(cursors)},
+    )
+
+
+def _frame(instance: str, cursor: int) -> str:
+    """The live frame the projector publishes for a row `_append_feed` wrote."""
+    return fanout.frame(cursor, "message.created", instance, json.dumps({"key_id": f"G{cursor}"}))
+
+
 def _read_until_close(ws: websocket.WebSocket) -> tuple[int, bytes]:
     for _ in range(1000):
         op, data = ws.recv_data(control_frame=True)
