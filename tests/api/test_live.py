@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import resource
@@ -430,6 +431,71 @@ def _accepts(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_a_socket_upgraded_after_sigterm_on_a_kept_alive_connection_is_closed_with_1012(
+    fresh_database_url: str,
+) -> None:
+    """A client whose keep-alive connection outlives SIGTERM may still send an upgrade in the
+    idle grace, after every open socket was closed: it must not be taken as a live socket."""
+    web = start_web(fresh_database_url, API_TOKENS=TOKENS)
+    try:
+        # given: two kept-alive connections to the single worker process
+        kept = socket.create_connection(("127.0.0.1", web.port), timeout=5)
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_answer(kept).startswith(b"HTTP/1.1 200")
+        probe = http.client.HTTPConnection("127.0.0.1", web.port, timeout=5)
+        probe.request("GET", "/health")
+        probe.getresponse().read()
+        # when: SIGTERM, and the worker is seen draining
+        web.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: _ready_status(probe) == 503, timeout=5, interval=0.02)
+        # and an upgrade arrives on the other connection
+        kept.sendall(
+            b"GET /ws?instance=alpha&token=tok-a HTTP/1.1\r\nHost: x\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        received = b""
+        deadline = time.monotonic() + 5
+        while b"\r\n\r\n" not in received or not _raw_frames(received.split(b"\r\n\r\n", 1)[1]):
+            chunk = kept.recv(4096)
+            received += chunk
+            if not chunk or time.monotonic() > deadline:
+                break
+        kept.close()
+        probe.close()
+    finally:
+        web.stop()
+    # then: refused, or upgraded only to be closed with 1012 before any frame of the feed
+    if received.startswith(b"HTTP/1.1 101"):
+        opcode, payload = _raw_frames(received.split(b"\r\n\r\n", 1)[1])[0]
+        assert (opcode, payload[:2]) == (8, (1012).to_bytes(2, "big")), payload
+    else:
+        assert not received.startswith(b"HTTP/1.1 1"), received[:200]
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One whole HTTP answer with a Content-Length body."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _ready_status(conn: http.client.HTTPConnection) -> int:
+    conn.request("GET", "/health/ready")
+    answer = conn.getresponse()
+    answer.read()
+    return answer.status
 
 
 def test_clients_lose_nothing_when_redis_restarts_under_them(fresh_database_url: str) -> None:
