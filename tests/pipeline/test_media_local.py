@@ -7,14 +7,22 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 
+from events.pool import Pool
+from events.store import EventStore
+from events.webhook import parse_webhook
+from projections import runner
+from projections.media import record_stored
+from projections.runner import FeedItem
 from tests.conftest import (
     ROOT,
     WebServer,
@@ -22,6 +30,7 @@ from tests.conftest import (
     drop_database,
     feed_channel,
     new_database,
+    project_all,
     sql,
     start_web,
     start_worker,
@@ -169,6 +178,56 @@ def test_storing_reaches_the_message_and_the_feed_as_message_updated(stack: Stac
         " WHERE instance = 'local' AND key = 'PNG2' ORDER BY cursor",
     )
     assert kinds == [("message.created", "pending"), ("message.updated", "stored")]
+
+
+def test_storing_a_media_waits_while_a_projector_batch_holds_the_projection(
+    fresh_database_url: str,
+) -> None:
+    """A projector batch writes back whole message rows it loaded under the projection's
+    lock, so the media actor's rewrite of the message must wait for that lock too."""
+    url = fresh_database_url
+    # given: a projected message whose media is pending (no worker runs here)
+    EventStore(Pool(url, size=1)).append([parse_webhook(image_upsert("lock", "LOCK1", None))])
+    actor, batch = psycopg2.connect(url), psycopg2.connect(url)
+    finished: list[list[FeedItem]] = []
+    storing = threading.Thread(
+        target=lambda: finished.append(
+            record_stored(actor, media_id, sha256="0" * 64, size=1, mimetype=None, storage_key="k")
+        )
+    )
+    try:
+        project_all(actor, url)
+        [(media_id,)] = sql(url, "SELECT id FROM media WHERE key_id = 'LOCK1'")
+        # and a projector batch in progress: its transaction holds the projection's lock
+        with batch.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (runner.lock_id(runner.PROJECTION),))
+        # when: the media actor records the media stored
+        storing.start()
+        storing.join(timeout=1.0)
+        # then: it waits, and the message row still has what the batch loaded
+        assert storing.is_alive() and not finished
+        assert _message_media_status(url, "LOCK1") == "pending"
+        # and once the batch commits, it goes on
+        batch.commit()
+        storing.join(timeout=10)
+        assert not storing.is_alive()
+    finally:
+        batch.close()  # releases the lock, should an assertion have failed while held
+        if storing.ident is not None:
+            storing.join(timeout=10)
+        actor.close()
+    [items] = finished
+    assert [(item.kind, item.data["media"]["status"]) for item in items] == [
+        ("message.updated", "stored")
+    ]
+    assert _message_media_status(url, "LOCK1") == "stored"
+
+
+def _message_media_status(url: str, key_id: str) -> str:
+    [(status,)] = sql(
+        url, "SELECT data->'media'->>'status' FROM messages WHERE key_id = %s", (key_id,)
+    )
+    return str(status)
 
 
 def test_the_same_bytes_posted_twice_are_stored_as_one_object(stack: Stack) -> None:
