@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 import uuid
@@ -278,6 +280,56 @@ def test_a_commit_that_fails_answers_no_200_and_the_good_webhooks_go_in_on_a_ret
         assert sql(url, "SELECT count(*), count(DISTINCT dedupe_key) FROM events") == [(32, 32)]
     finally:
         server.stop()
+
+
+def test_an_inline_media_whose_event_fails_at_commit_leaves_no_attachment_behind(
+    fresh_database_url: str,
+) -> None:
+    """The attachment split out of a webhook commits with its event or not at all."""
+    # given: a database that refuses, at COMMIT, any transaction holding a "commitfail" event
+    url = fresh_database_url
+    sql(
+        url,
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$;"
+        " CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.instance = 'commitfail')"
+        " EXECUTE FUNCTION refuse_at_commit()",
+    )
+    refused, kept = b"refused media " * 64, b"kept media " * 64
+    server = start_web(url)
+    try:
+        # when: a webhook with inline media is refused at commit, and another one is not
+        failed = server.post_webhook(_image_message("commitfail", "M1", refused))
+        stored = server.post_webhook(_image_message("good", "M2", kept))
+    finally:
+        server.stop()
+    # then: the refused one got a 5xx and left no attachment; the other kept its own
+    assert failed.status >= 500 and stored.status == 200
+    assert _attachments(url, refused) == 0 and _attachments(url, kept) == 1
+    assert sql(url, "SELECT instance FROM events") == [("good",)]
+
+
+def _image_message(instance: str, key_id: str, blob: bytes) -> bytes:
+    return json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": instance,
+            "data": {
+                "key": {"id": key_id, "remoteJid": "5511@s.whatsapp.net", "fromMe": False},
+                "message": {
+                    "imageMessage": {"mimetype": "image/png"},
+                    "base64": base64.b64encode(blob).decode(),
+                },
+                "messageTimestamp": 1764460800,
+            },
+        }
+    ).encode()
+
+
+def _attachments(url: str, blob: bytes) -> int:
+    digest = hashlib.sha256(blob).hexdigest()
+    return sql(url, "SELECT count(*) FROM attachments WHERE sha256 = %s", (digest,))[0][0]
 
 
 def test_a_webhook_waiting_on_a_database_lock_leaves_the_process_serving_others(
