@@ -21,11 +21,15 @@ from typing import Any
 # What a messages.update may carry besides its status; what a messages.edited carries.
 _CARRIED = ("pollUpdates", "message")
 _EDITS = ("editedMessage", "message")
+# A part longer than this is keyed by its hash: the key must fit PostgreSQL's index rows
+# (about 2,700 bytes), and real ids and JIDs are far shorter.
+_LONGEST_PART = 256
 
 
 def dedupe_key(instance: str, event: str, data: Any) -> str:
     """Return the unique key under which this webhook is stored once."""
     parts = [instance, event, *_identity(event, data)]
+    parts = [part if len(part) <= _LONGEST_PART else "sha256:" + _hash(part) for part in parts]
     return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -68,5 +72,8 @@ def _text(value: Any) -> str:
 
 
 def _canonical_hash(value: Any) -> str:
-    canonical = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    return _hash(json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

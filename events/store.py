@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 
 from events import jsontext
@@ -90,6 +91,8 @@ class EventStore:
             except (
                 # What the webhook holds (NaN, a number beyond jsonb's range, \u0000).
                 psycopg2.DataError,
+                # A value too big for an index row (an instance name of thousands of bytes).
+                psycopg2.errors.ProgramLimitExceeded,
                 # psycopg2 refuses NUL characters and lone surrogates in text parameters.
                 ValueError,
             ) as error:

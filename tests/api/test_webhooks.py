@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,19 @@ def test_a_redelivery_with_new_envelope_fields_is_a_duplicate(
     body.update(date_time="2030-01-01T00:00:00.000Z", destination="https://elsewhere/x")
     again = web.post_webhook(json.dumps(body).encode()).json()
     assert again == {"position": first["position"], "duplicate": True}
+    assert _count(database_url, instance) == 1
+
+
+def test_a_message_id_too_long_for_an_index_row_is_stored_once(
+    web: WebServer, database_url: str
+) -> None:
+    instance = "long-id-" + uuid.uuid4().hex[:8]
+    body = json.loads(_text_message(instance, "L"))
+    body["data"]["key"]["id"] = base64.b64encode(random.Random(8).randbytes(2400)).decode()
+    first = web.post_webhook(json.dumps(body).encode())
+    again = web.post_webhook(json.dumps(body).encode())
+    assert (first.status, again.status) == (200, 200)
+    assert again.json() == {"position": first.json()["position"], "duplicate": True}
     assert _count(database_url, instance) == 1
 
 
@@ -208,6 +222,10 @@ REFUSED_BY_THE_DATABASE = {
     "nan": b'{"event": "messages.upsert", "instance": "%s", "data": {"n": NaN}}',
     "huge number": b'{"event": "messages.upsert", "instance": "%s", "data": {"n": 1e999999}}',
     "nul in the event": b'{"event": "messages.upsert\\u0000", "instance": "%s", "data": {}}',
+    # too big for an index row, even compressed
+    "instance name of 3,200 random characters": b'{"event": "messages.upsert", "instance": "%s'
+    + base64.b64encode(random.Random(7).randbytes(2400))
+    + b'", "data": {}}',
 }
 
 

@@ -50,6 +50,12 @@ def test_a_message_redelivered_with_other_data_is_the_same_webhook() -> None:
     assert _key(first) == _key(again)
 
 
+def test_an_over_long_key_id_is_keyed_by_its_hash_to_fit_an_index_row() -> None:
+    long_id, other = "A" * 3000, "A" * 2999 + "B"
+    key = _key(_upsert(long_id))
+    assert len(key) < 200 and key == _key(_upsert(long_id)) != _key(_upsert(other))
+
+
 def test_the_same_message_id_on_two_instances_is_two_webhooks() -> None:
     other = {**_upsert("ABC"), "instance": "b"}
     assert _key(_upsert("ABC")) != _key(other)
