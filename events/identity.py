@@ -21,16 +21,18 @@ from typing import Any
 # What a messages.update may carry besides its status; what a messages.edited carries.
 _CARRIED = ("pollUpdates", "message")
 _EDITS = ("editedMessage", "message")
-# A part longer than this is keyed by its hash: the key must fit PostgreSQL's index rows
-# (about 2,700 bytes), and real ids and JIDs are far shorter.
-_LONGEST_PART = 256
+# A key longer than this (in UTF-8 bytes) is replaced by its hash: it must fit an index row
+# of PostgreSQL's (about 2,700 bytes), and the keys of real webhooks are far shorter.
+_LONGEST_KEY = 1024
 
 
 def dedupe_key(instance: str, event: str, data: Any) -> str:
     """Return the unique key under which this webhook is stored once."""
     parts = [instance, event, *_identity(event, data)]
-    parts = [part if len(part) <= _LONGEST_PART else "sha256:" + _hash(part) for part in parts]
-    return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    key = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    if len(key.encode("utf-8", "surrogatepass")) <= _LONGEST_KEY:
+        return key
+    return json.dumps(["sha256:" + _hash(key)])
 
 
 def _identity(event: str, data: Any) -> list[str]:
