@@ -218,6 +218,8 @@ def _names(event: Event) -> list[tuple[str, str]]:
         jid_field, name_field = "id", "subject"
     else:
         return []
+    if len(event.instance) > p.LONGEST_ID:
+        return []
     data = event.payload.get("data")
     # contacts.update comes as a single object after each message (research notes 3.4).
     entries = data if isinstance(data, list) else [data]
@@ -227,6 +229,6 @@ def _names(event: Event) -> list[tuple[str, str]]:
             continue
         jid = p.normalize_jid(entry.get(jid_field))
         name = entry.get(name_field)
-        if jid and isinstance(name, str) and name.strip():
+        if jid and len(jid) <= p.LONGEST_ID and isinstance(name, str) and name.strip():
             names[jid] = name
     return list(names.items())

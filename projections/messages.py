@@ -228,8 +228,27 @@ def read(event: Event) -> Operation | None:
     changes no message.
 
     Raises:
-        ValueError: the event is of a type we handle but its payload is structurally broken.
+        ValueError: the event is of a type we handle but its payload is structurally broken,
+            or names an instance, message or chat by an id no real one is as long as.
     """
+    operation = _read(event)
+    if operation is not None:
+        key_id, op = operation
+        message = op.get("message")
+        for what, value in (
+            ("instance", event.instance),
+            ("key id", key_id),
+            ("chat", message["chat_jid"] if message is not None else None),
+        ):
+            if value is not None and len(value) > p.LONGEST_ID:
+                raise ValueError(
+                    f"{event.type} at {event.position}: {what} longer than {p.LONGEST_ID}"
+                    f" characters ({len(value)})"
+                )
+    return operation
+
+
+def _read(event: Event) -> Operation | None:
     etype = event.type
     if etype in _CONTENT_EVENTS:
         return _read_content(event)

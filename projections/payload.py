@@ -66,6 +66,11 @@ _TYPES = {
     "pollCreationMessageV3": "poll",
 }
 
+# Ids and JIDs are tens of characters. Rows are keyed by up to three of them, which at this
+# length still fit an index row of PostgreSQL's (about 2,700 bytes) in any characters; a
+# longer one would fail the batch writing it again and again.
+LONGEST_ID = 200
+
 MEDIA_TYPES = frozenset({"image", "video", "audio", "sticker", "document"})
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -333,12 +335,26 @@ def test_a_late_committing_append_is_still_projected(fresh_database_url: str) ->
     _assert_each_message_once(url, "late", 201)
 
 
+LONG_JID = base64.b32encode(random.Random(9).randbytes(1900)).decode() + "@s.whatsapp.net"
+POISONS = {
+    "no key": b'{"event": "messages.upsert", "instance": "poison", "data": {"key": {}}}',
+    # stored fine, but its messages row would not fit an index row: every batch would fail
+    "a chat JID of 3,000 random characters": json.dumps(
+        {
+            "event": "messages.upsert",
+            "instance": "poison",
+            "data": {"key": {"id": "P9", "remoteJid": LONG_JID}, "message": {"conversation": "x"}},
+        }
+    ).encode(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(POISONS))
 def test_a_poison_event_is_parked_and_later_events_still_project(
-    fresh_database_url: str,
+    fresh_database_url: str, kind: str
 ) -> None:
     url = fresh_database_url
-    poison = b'{"event": "messages.upsert", "instance": "poison", "data": {"key": {}}}'
-    _append(url, [_upsert("poison", "P1"), poison, _upsert("poison", "P2")])
+    _append(url, [_upsert("poison", "P1"), POISONS[kind], _upsert("poison", "P2")])
     conn = psycopg2.connect(url)
     try:
         project_all(conn, url)

@@ -348,6 +348,17 @@ def test_a_repeated_naming_event_changes_nothing() -> None:
     assert states == snapshot
 
 
+def test_a_naming_event_skips_a_jid_or_instance_too_long_to_key_a_chat() -> None:
+    long_jid = "9" * 250 + "@s.whatsapp.net"
+    event = envelope(
+        "chats.upsert", [{"remoteJid": long_jid, "name": "X"}, {"remoteJid": CHAT, "name": "Ana"}]
+    )
+    elsewhere = Event(event.position, "i" * 201, event.type, event.payload)
+
+    assert chats.targets(event) == [CHAT]
+    assert chats.targets(elsewhere) == []
+
+
 @pytest.mark.parametrize("name", fixture_names("connection.", "qrcode.", "presence.", "messages."))
 def test_events_that_name_nothing_have_no_chat_targets(name: str) -> None:
     event = fixture_event(name)

@@ -711,3 +711,13 @@ def test_apply_touches_only_the_key_read_names() -> None:
         messages.apply(states, item)
         touched = {key for key in states if before.get(key) is not states[key]}
         assert touched <= {(item.instance, key_id) for key_id in targets(item)}
+
+
+def test_messages_keyed_by_an_id_too_long_for_an_index_row_are_refused_for_parking() -> None:
+    for event in (
+        upsert("K" * 201),
+        upsert("K1", chat="9" * 200 + "@s.whatsapp.net"),
+        status_update("K" * 201, "READ"),
+    ):
+        with pytest.raises(ValueError, match="longer than 200"):
+            messages.read(event)
