@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
@@ -88,10 +89,19 @@ def lock_id(projection: str) -> int:
     return zlib.crc32(f"zapline.projection.{projection}".encode())
 
 
-def run_batch(conn: Any, *, limit: int = BATCH_SIZE, wait: bool = True) -> Batch:
+# What the database refuses to store however often it is asked (a value out of range, a
+# constraint, a row too big for an index): a batch failing so would fail for ever.
+REFUSED = (psycopg2.DataError, psycopg2.IntegrityError, psycopg2.errors.ProgramLimitExceeded)
+
+
+def run_batch(
+    conn: Any, *, limit: int = BATCH_SIZE, wait: bool = True, park_refused: bool = False
+) -> Batch:
     """Project the next batch of events and commit; return what it did.
 
-    With `wait=False` it raises Busy instead of queueing behind another runner.
+    With `wait=False` it raises Busy instead of queueing behind another runner. With
+    `park_refused`, a batch whose rows the database refuses is parked instead (call it with
+    `limit=1` to find the one event at fault).
     """
     with conn, conn.cursor() as cur:
         _lock(cur, wait)
@@ -99,7 +109,8 @@ def run_batch(conn: Any, *, limit: int = BATCH_SIZE, wait: bool = True) -> Batch
         read = read_after(cur, Cursor(txid, position), limit)
         if not read:
             return Batch(cursor=Cursor(txid, position))
-        batch = apply_events(cur, [event for _, event in read])
+        events = [event for _, event in read]
+        batch = _apply_or_park(cur, events) if park_refused else apply_events(cur, events)
         batch.events = len(read)
         batch.cursor = read[-1][0]
         cur.execute(
@@ -107,6 +118,18 @@ def run_batch(conn: Any, *, limit: int = BATCH_SIZE, wait: bool = True) -> Batch
             " WHERE projection = %s",
             (batch.cursor.txid, batch.cursor.position, PROJECTION),
         )
+        return batch
+
+
+def _apply_or_park(cur: Any, events: list[Event]) -> Batch:
+    cur.execute("SAVEPOINT zapline_batch")
+    try:
+        return apply_events(cur, events)
+    except REFUSED as error:
+        cur.execute("ROLLBACK TO SAVEPOINT zapline_batch")
+        batch = Batch()
+        for event in events:
+            _park(cur, event, _reason(error, park=True), batch, LIVE)
         return batch
 
 

@@ -216,3 +216,36 @@ def _without_media_ids(url: str) -> list[list[tuple[Any, ...]]]:
         )
 
     return [[strip(row) for row in rows] for rows in _everything(url)]
+
+
+@pytest.mark.parametrize("overlapped", [False, True])
+def test_an_event_whose_rows_the_database_refuses_is_parked_and_the_rest_project(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch, overlapped: bool
+) -> None:
+    url = fresh_database_url
+    monkeypatch.setattr(runner, "BATCH_SIZE", 3)
+    # given: a database that refuses one message's row, as it refuses a value out of range
+    sql(
+        url,
+        "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'refused' USING ERRCODE = 'invalid_parameter_value'; END $$;"
+        " CREATE TRIGGER refuse_bad BEFORE INSERT ON messages FOR EACH ROW"
+        " WHEN (NEW.key_id = 'BAD') EXECUTE FUNCTION refuse_bad()",
+    )
+    keys = [f"K{n}" for n in range(5)] + ["BAD"] + [f"K{n}" for n in range(5, 12)]
+    _load(url, [_upsert(key, n % 4, 1764460800 + n) for n, key in enumerate(keys)])
+    conn, planner = psycopg2.connect(url), psycopg2.connect(url)
+    try:
+        # when: the projection catches up, a batch at a time or overlapped
+        project_all(conn, url, planner if overlapped else None)
+    finally:
+        conn.close()
+        planner.close()
+    # then: that event alone is parked, with the database's reason, and every other projected
+    [(position, error)] = sql(url, "SELECT position, error FROM parked")
+    assert position == keys.index("BAD") + 1 and "refused" in error
+    assert sql(url, "SELECT key_id FROM messages ORDER BY position") == [
+        (key,) for key in keys if key != "BAD"
+    ]
+    cursors = [c for (c,) in sql(url, "SELECT cursor FROM feed ORDER BY cursor")]
+    assert cursors == list(range(1, len(cursors) + 1))
