@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,10 @@ from pipeline.config import Settings
 # 80 MB of a non-seekable stream; from a file it reads each part lazily.
 _PART_BYTES = 8 * 1024 * 1024
 _COPY_BYTES = 1024 * 1024
+# The sender of a WhatsApp message chooses its mimetype: only a bare type/subtype is served.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*")
+# Types a browser shows without running the sender's code (not HTML, SVG or text).
+_INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf"})
 
 log = logging.getLogger("zapline.media")
 
@@ -27,6 +32,17 @@ log = logging.getLogger("zapline.media")
 def storage_key(sha256: str) -> str:
     """The content-addressed key of some bytes: the same bytes always land in one object."""
     return f"sha256/{sha256[:2]}/{sha256}"
+
+
+def served_type(mimetype: str | None) -> str:
+    """The stored mimetype lower-cased without parameters, or application/octet-stream."""
+    kind = (mimetype or "").split(";", 1)[0].strip().lower()
+    return kind if _MEDIA_TYPE.fullmatch(kind) else "application/octet-stream"
+
+
+def shown_inline(content_type: str) -> bool:
+    """Whether a served type may open in the browser; any other is sent as a download."""
+    return content_type in _INLINE_TYPES or content_type.startswith(("audio/", "video/"))
 
 
 class MediaStorage(Protocol):
@@ -186,6 +202,8 @@ class S3Storage:
         params = {"Bucket": self._bucket, "Key": key}
         if content_type:
             params["ResponseContentType"] = content_type
+        if not (content_type and shown_inline(content_type)):
+            params["ResponseContentDisposition"] = "attachment"
         url: str = self._client.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=self._url_seconds
         )

@@ -42,11 +42,11 @@ def png(width: int, height: int, seed: int = 0) -> bytes:
     )
 
 
-def image_upsert(instance: str, key_id: str, blob: bytes | None, **extra: Any) -> bytes:
+def image_upsert(
+    instance: str, key_id: str, blob: bytes | None, mimetype: str = "image/png", **extra: Any
+) -> bytes:
     """A messages.upsert with an imageMessage; inline base64 when `blob` is given."""
-    message: dict[str, Any] = {
-        "imageMessage": {"mimetype": "image/png", "caption": f"photo {key_id}"}
-    }
+    message: dict[str, Any] = {"imageMessage": {"mimetype": mimetype, "caption": f"photo {key_id}"}}
     if blob is not None:
         message["base64"] = base64.b64encode(blob).decode()
     return json.dumps(

@@ -123,6 +123,29 @@ def test_inline_png_is_stored_and_served_with_the_same_sha256(stack: Stack) -> N
     assert hashlib.sha256(answer.body).hexdigest() == digest
 
 
+@pytest.mark.parametrize(
+    "key_id, mimetype, served, disposition",
+    [
+        ("XSS1", "text/html", "text/html", "attachment"),
+        ("XSS2", "image/svg+xml", "image/svg+xml", "attachment"),
+        ("XSS3", "text/plain\r\nSet-Cookie: pwn=1", "application/octet-stream", "attachment"),
+        ("XSS4", "image/png", "image/png", None),
+        ("XSS5", "Audio/OGG; codecs=opus", "audio/ogg", None),
+    ],
+)
+def test_media_is_served_sandboxed_and_only_safe_types_inline(
+    stack: Stack, key_id: str, mimetype: str, served: str, disposition: str | None
+) -> None:
+    """The sender chooses the mimetype: what a browser could run downloads, in a sandbox."""
+    page = f"<html><script>fetch('/{key_id}?' + location.search)</script></html>".encode()
+    stack.web.post_webhook(image_upsert("local", key_id, page, mimetype=mimetype))
+    answer = stack.get_media(stack.settled("local", key_id)["id"])
+    assert (answer.status, answer.body) == (200, page)
+    assert answer.headers["content-type"] == served
+    assert answer.headers.get("content-disposition") == disposition
+    assert answer.headers["content-security-policy"] == "sandbox"
+
+
 def test_a_stored_media_reaches_live_sockets_through_redis_not_only_the_feed_table(
     stack: Stack,
 ) -> None:

@@ -127,3 +127,27 @@ def test_without_base64_or_evolution_the_media_stays_pending_with_a_reason(
     assert "EVOLUTION_API_URL is not set" in found[4]
     # Nothing was tried: a source configured later gets every attempt.
     assert sql(url, "SELECT attempts FROM media WHERE key_id = 'NOSRC'") == [(0,)]
+
+
+def test_a_presigned_url_sends_an_html_document_as_a_download(
+    fresh_database_url: str, s3: dict[str, str]
+) -> None:
+    url = fresh_database_url
+    env = {**s3, "API_TOKENS": f"{READER}:*"}
+    web, worker = start_web(url, **env), start_worker(url, **env)
+    try:
+        page = b"<html><script>fetch('/x?' + location.search)</script></html>"
+        web.post_webhook(image_upsert("s3", "HTML1", page, mimetype="Text/HTML; charset=utf-8"))
+        wait_for(lambda: (m := _media(url, "HTML1")) and m[1] == "stored")
+        media_id = _media(url, "HTML1")[0]  # type: ignore[index]
+        answer = web.request(
+            "GET", f"/api/media/{media_id}", headers={"Authorization": f"Bearer {READER}"}
+        )
+        query = parse_qs(urlsplit(answer.headers["location"]).query)
+        assert (query["response-content-disposition"], query["response-content-type"]) == (
+            ["attachment"],
+            ["text/html"],
+        )
+    finally:
+        worker.stop()
+        web.stop()
