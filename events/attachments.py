@@ -88,6 +88,19 @@ def split_inline_media(payload: dict[str, Any]) -> Attachment | None:
     return Attachment(sha256=digest, size=len(blob), mimetype=mimetype, data=blob)
 
 
+def drop_sent_reference(payload: dict[str, Any]) -> bool:
+    """Null a `data.message.base64` that is neither a string nor null; say whether it did.
+
+    Only ingest writes a reference there: one the sender wrote could name another
+    instance's stored blob by its sha256.
+    """
+    message = _message_of(payload)
+    if message is None or message.get("base64") is None or isinstance(message["base64"], str):
+        return False
+    message["base64"] = None
+    return True
+
+
 def reference_large_media(payload: dict[str, Any], blob: Attachment) -> Attachment | None:
     """Put the reference to a blob found by decode_base64_field at `data.message.base64`.
 

@@ -11,6 +11,7 @@ from events.attachments import (
     LARGE_BODY_BYTES,
     Attachment,
     decode_base64_field,
+    drop_sent_reference,
     reference_large_media,
     split_inline_media,
 )
@@ -57,9 +58,11 @@ def parse_webhook(body: bytes | bytearray) -> Webhook:
         raise BadWebhook("body has no string `event`")
     instance = unwrapped.get("instance")
     instance = instance if isinstance(instance, str) else ""
+    dropped = False
     if large is None:
+        dropped = drop_sent_reference(unwrapped)
         attachment = split_inline_media(unwrapped)
-    changed = attachment is not None or unwrapped is not payload
+    changed = attachment is not None or dropped or unwrapped is not payload
     if _UNSTORABLE.search(body):
         payload_json = json.dumps(_clean(unwrapped), ensure_ascii=False, separators=(",", ":"))
     elif changed:

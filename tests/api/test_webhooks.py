@@ -350,6 +350,28 @@ def _attachments(url: str, blob: bytes) -> int:
     return sql(url, "SELECT count(*) FROM attachments WHERE sha256 = %s", (digest,))[0][0]
 
 
+def test_a_reference_in_the_body_cannot_point_a_message_at_another_instances_blob(
+    web: WebServer, database_url: str
+) -> None:
+    """Only ingest writes a reference at `base64`: a sender's could name any stored blob."""
+    # given: instance A's inline media, stored under its sha256
+    owner, other = "ref-a-" + uuid.uuid4().hex[:8], "ref-b-" + uuid.uuid4().hex[:8]
+    blob = b"<html>A's file</html>" + uuid.uuid4().bytes
+    assert web.post_webhook(_image_message(owner, "A1", blob)).status == 200
+    # when: instance B sends a message whose `base64` is a reference to A's blob
+    body = json.loads(_image_message(other, "B1", b""))
+    reference = {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob), "mimetype": None}
+    body["data"]["message"]["base64"] = reference
+    assert web.post_webhook(json.dumps(body).encode()).status == 200
+    # then: B's event keeps no reference, so its media is never read from A's bytes
+    stored = sql(
+        database_url,
+        "SELECT payload->'data'->'message'->'base64' FROM events WHERE instance = %s",
+        (other,),
+    )
+    assert stored == [(None,)]
+
+
 def test_a_webhook_waiting_on_a_database_lock_leaves_the_process_serving_others(
     fresh_database_url: str,
 ) -> None:
