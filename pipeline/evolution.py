@@ -26,6 +26,16 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 _READ_PIECE = 256 * 1024
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Leave a 3xx as an HTTPError: urllib would send our `apikey` header on to the new host."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
 class EvolutionMedia:
     """Asks an Evolution server for a message's media, by instance and message key id."""
 
@@ -39,7 +49,7 @@ class EvolutionMedia:
 
         Raises:
             MediaRejected: Evolution says the message is gone (400/404) or refuses us (401/403).
-            MediaUnavailable: no answer in time, a 5xx, or an answer we cannot read.
+            MediaUnavailable: no answer in time, a 3xx or 5xx, or an answer we cannot read.
         """
         body = self._post(instance, key_id)
         found = decode_base64_field(body)
@@ -70,10 +80,15 @@ class EvolutionMedia:
         request = urllib.request.Request(url, payload.encode(), headers, method="POST")
         deadline = time.monotonic() + self._timeout
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with _OPENER.open(request, timeout=self._timeout) as response:
                 return _read(response, deadline)
         except urllib.error.HTTPError as error:
             detail = error.read(500).decode("utf-8", "replace").strip()
+            if 300 <= error.code < 400:
+                raise MediaUnavailable(
+                    f"Evolution redirected ({error.code}) to {error.headers.get('Location')}:"
+                    " not followed, as it would carry EVOLUTION_API_KEY"
+                ) from error
             if error.code in (400, 404):
                 raise MediaRejected(
                     f"Evolution has no media for message {key_id} ({error.code}): {detail}"

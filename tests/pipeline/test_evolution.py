@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -40,3 +43,53 @@ def test_a_prompt_answer_is_fetched_whole(evolution: EvolutionStub) -> None:
     blob.spool.seek(0)
     assert blob.spool.read() == image and blob.size == len(image)
     blob.spool.close()
+
+
+class _Redirector(ThreadingHTTPServer):
+    """Answers every request with `status` and a Location; records the apikey of each."""
+
+    def __init__(self, status: int, location: str) -> None:
+        self.apikeys: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                server.apikeys.append(self.headers.get("apikey"))
+                self.send_response(status)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.daemon_threads = True
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def test_a_redirect_is_not_followed_so_the_apikey_stays_with_evolution() -> None:
+    # given: an Evolution that redirects to another host (it answers 500 if ever reached)
+    elsewhere = _Redirector(500, "/")
+    evolution = _Redirector(302, elsewhere.url + "/collect")
+    try:
+        fetcher = EvolutionMedia(evolution.url, "evolution-test-key", timeout_seconds=5)
+        # when: a media is fetched
+        with pytest.raises(MediaUnavailable):
+            fetcher.fetch("acme", "K")
+    finally:
+        evolution.close()
+        elsewhere.close()
+    # then: Evolution had the key, and the other host never heard from us
+    assert evolution.apikeys == ["evolution-test-key"]
+    assert elsewhere.apikeys == []
