@@ -132,6 +132,7 @@ def create_app(settings: Settings, services: Services) -> falcon.App:
         ),
     )
     app.add_route("/openapi.json", OpenApiResource(admin))
+    app.add_error_handler(Exception, _unexpected)
     for error, status in _ERRORS.items():
         app.add_error_handler(error, _handler(status))
     app.set_error_serializer(_framework_error)
@@ -254,6 +255,19 @@ def _handler(status: str) -> Callable[..., None]:
         resp.media = body
 
     return handle
+
+
+def _unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, params: dict) -> None:
+    """Any other exception: a 500 in our error shape. Logged without the query string, which
+    may hold a token (falcon's own handler logs the whole URL)."""
+    log.error(
+        "unexpected error",
+        exc_info=error,
+        extra={"fields": {"method": req.method, "path": req.path}},
+    )
+    resp.status = falcon.HTTP_500
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"error": "internal error"}
 
 
 def _migrations_at_head(pool: Pool) -> str:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import psycopg2
-import psycopg2.errors
 import psycopg2.extras
 
 from events import jsontext
@@ -91,13 +90,14 @@ class EventStore:
             except (
                 # What the webhook holds (NaN, a number beyond jsonb's range, \u0000).
                 psycopg2.DataError,
-                # A value too big for an index row (an instance name of thousands of bytes).
-                psycopg2.errors.ProgramLimitExceeded,
                 # psycopg2 refuses NUL characters and lone surrogates in text parameters.
                 ValueError,
             ) as error:
                 raise StoreRejected(str(error).strip()) from error
             except psycopg2.Error as error:
+                if (error.pgcode or "").startswith("54"):
+                    # Too big or too deep for the database (a row for an index, nesting).
+                    raise StoreRejected(str(error).strip()) from error
                 # Ours, not the webhook's (a schema or permission fault): a 400 would make
                 # Evolution drop it for good, a 503 makes it retry.
                 raise StoreUnavailable(str(error).strip().splitlines()[0]) from error

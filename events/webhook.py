@@ -48,6 +48,8 @@ def parse_webhook(body: bytes | bytearray) -> Webhook:
             payload = json.loads(body)
         except (UnicodeDecodeError, ValueError) as error:
             raise BadWebhook(f"body is not JSON: {error}") from None
+        except RecursionError:
+            raise BadWebhook("body is nested too deeply") from None
         if not isinstance(payload, dict):
             raise BadWebhook("body is not a JSON object")
     unwrapped = _unwrap(payload)

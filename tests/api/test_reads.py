@@ -474,3 +474,23 @@ def test_reads_from_a_database_not_migrated_yet_are_503_to_retry_not_500(
     for answer in answers:
         assert answer.status == 503 and int(answer.headers["retry-after"]) > 0
         assert answer.json() == {"error": "database unavailable, retry later"}
+
+
+def test_an_unexpected_error_is_a_500_in_our_shape_and_its_log_holds_no_token(
+    fresh_database_url: str,
+) -> None:
+    # given: a fault nobody planned for (a column the code reads is missing)
+    url = fresh_database_url
+    sql(url, "ALTER TABLE chats RENAME COLUMN data TO data_renamed")
+    token = "reads-" + uuid.uuid4().hex
+    server = start_web(url, capture_output=True, API_TOKENS=f"{token}:*")
+    try:
+        answer = server.request("GET", f"/api/instances/{ALPHA}/chats?token={token}")
+    finally:
+        server.stop()
+    assert answer.status == 500 and answer.json() == {"error": "internal error"}
+    assert server.process.stdout is not None
+    output = server.process.stdout.read().decode()
+    assert token not in output
+    [logged] = [json.loads(line) for line in output.splitlines() if '"unexpected error"' in line]
+    assert logged["path"] == f"/api/instances/{ALPHA}/chats" and "data" in logged["error"]

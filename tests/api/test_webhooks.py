@@ -216,6 +216,19 @@ def test_a_body_that_is_not_a_webhook_gets_400_and_is_quarantined(
     assert bytes(quarantined[0][0]) == body
 
 
+def test_a_body_nested_too_deeply_gets_400_and_is_quarantined(
+    web: WebServer, database_url: str
+) -> None:
+    body = b'{"event": "messages.upsert", "instance": "deep", "data": ' + b"[" * 100_000
+    body += b"]" * 100_000 + b"}"
+    answer = web.post_webhook(body)
+    assert answer.status == 400
+    [(kept,)] = sql(
+        database_url, "SELECT body FROM quarantine WHERE id = %s", (answer.json()["quarantine_id"],)
+    )
+    assert bytes(kept) == body
+
+
 # JSON that parses but PostgreSQL refuses: NaN and a number beyond any float (jsonb has
 # neither), a NUL in the event name (a text column; a NUL in the payload becomes U+FFFD).
 REFUSED_BY_THE_DATABASE = {
