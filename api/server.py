@@ -10,30 +10,68 @@ import gevent
 import gevent.event
 import gevent.lock
 from gevent.pywsgi import WSGIHandler
+from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import WebSocket
+from geventwebsocket.websocket import Header, WebSocket
+
+from events.errors import ZaplineError
 
 # gunicorn imports this module in its master process: it must import nothing of ours that
 # pulls in drivers before the worker's gevent monkey-patching.
 WS_PATH = "/ws"
 # Set by the connection handler when it asks the app whether to upgrade a request.
 PRECHECK = "zapline.websocket.precheck"
+# The server needs nothing from clients but close, ping and pong; anything larger is refused
+# before its payload is read (gevent-websocket would buffer any declared length and unmask
+# it byte by byte in Python, holding the whole process).
+CLIENT_MESSAGE_LIMIT_BYTES = 4096
+
+
+class MessageTooBig(ZaplineError):
+    """A client frame, or the message its frames add up to, is over the limit.
+
+    Not a socket error: gevent-websocket's receive() would swallow that and close without a
+    code, where the client must see 1009.
+    """
 
 
 class OneWriterWebSocket(WebSocket):
-    """A WebSocket that writes one frame at a time.
+    """A WebSocket that writes one frame at a time, and reads only small client messages.
 
     The socket's writer, gevent-websocket's pongs (from the reading greenlet) and a
     shutdown's close frame each write from a greenlet of their own; while a frame waits on a
     slow client, another's bytes would land in its middle and break the stream.
     """
 
-    __slots__ = ("writing",)
+    __slots__ = ("writing", "message_bytes")
 
     def __init__(self, environ: Any, stream: Any, handler: Any) -> None:
         super().__init__(environ, stream, handler)
         self.writing = gevent.lock.Semaphore()
+        self.message_bytes = 0
+
+    def read_frame(self) -> tuple[Header, bytes]:
+        """gevent-websocket's read_frame, refusing an oversized payload before reading it.
+
+        Raises:
+            MessageTooBig: the frame, or its message so far, is over the limit.
+        """
+        header = Header.decode_header(self.stream)
+        if header.flags:
+            raise ProtocolError
+        size = header.length
+        if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
+            self.message_bytes = size
+        elif header.opcode == self.OPCODE_CONTINUATION:
+            self.message_bytes += size
+            size = self.message_bytes
+        if size > CLIENT_MESSAGE_LIMIT_BYTES:
+            raise MessageTooBig(f"a client message of {size} bytes")
+        payload = self.raw_read(header.length) if header.length else b""
+        if len(payload) != header.length:
+            raise WebSocketError("Unexpected EOF reading frame payload")
+        return header, header.unmask_payload(payload) if header.mask else payload
 
     def send_frame(self, message: Any, opcode: int) -> None:
         with self.writing:

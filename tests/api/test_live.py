@@ -347,6 +347,62 @@ def test_only_the_ws_path_upgrades(stack) -> None:
     assert answer.status == 200 and answer.json()["status"] == "ok"
 
 
+def _masked_header(opcode: int, length: int, fin: bool = True) -> bytes:
+    """A client frame's header declaring `length` payload bytes, with a zero mask."""
+    first = (0x80 if fin else 0) | opcode
+    if length < 126:
+        return bytes([first, 0x80 | length, 0, 0, 0, 0])
+    return bytes([first, 0x80 | 127]) + length.to_bytes(8, "big") + bytes(4)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        # one frame declaring 50 MB, of which only a few bytes ever come
+        _masked_header(0x2, 50_000_000) + b"\0" * 16,
+        # a message of small frames adding up past the limit
+        _masked_header(0x2, 100, fin=False)
+        + b"\0" * 100
+        + _masked_header(0x0, 4000)
+        + b"\0" * 4000
+        + _masked_header(0x0, 100)
+        + b"\0" * 100,
+    ],
+    ids=["huge frame", "message of small frames"],
+)
+def test_a_client_message_over_the_limit_is_closed_with_1009_before_it_is_read(
+    stack, sent: bytes
+) -> None:
+    """gevent-websocket would buffer and unmask any declared length, holding the process."""
+    _, web = stack
+    client = socket.create_connection(("127.0.0.1", web.port), timeout=5)
+    client.sendall(
+        b"GET /ws?instance=alpha&token=tok-a HTTP/1.1\r\nHost: x\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    received = b""
+    while b'"type":"live"' not in received:
+        chunk = client.recv(4096)
+        assert chunk, received
+        received += chunk
+    # when
+    client.sendall(sent)
+    # then: a close frame with 1009 comes promptly, while the process still answers others
+    try:
+        while not any(op == 8 for op, _ in _raw_frames(received.split(b"\r\n\r\n", 1)[1])):
+            chunk = client.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        health = web.request("GET", "/health", timeout=5)
+    finally:
+        client.close()
+    closes = [data for op, data in _raw_frames(received.split(b"\r\n\r\n", 1)[1]) if op == 8]
+    assert closes and closes[0][:2] == (1009).to_bytes(2, "big"), received[-200:]
+    assert health.status == 200
+
+
 @pytest.mark.parametrize("fault", ["down", "not migrated"])
 def test_a_socket_the_database_cannot_serve_is_closed_with_try_again_later(
     fresh_database_url: str, fault: str
