@@ -342,6 +342,7 @@ def _after(req: falcon.Request) -> int | None:
     raw = req.get_param("after")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    # isascii: str.isdigit also accepts "³" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise BadQuery("after must be a whole number of at least 0")
     return int(raw)

@@ -332,6 +332,19 @@ def test_a_bad_request_is_refused_with_plain_http_before_the_upgrade(
     assert refused.value.status_code == status
 
 
+@pytest.mark.parametrize("after", ["%C2%B3", "-1", "1.5"])
+def test_an_after_that_is_not_a_whole_number_is_refused_with_400_before_the_upgrade(
+    stack, after: str
+) -> None:
+    """ "³" (%C2%B3) is a digit to str.isdigit but not to int(): a 400, not a 500."""
+    _, web = stack
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(
+            f"ws://127.0.0.1:{web.port}/ws?instance=alpha&token=tok-a&after={after}", timeout=15
+        )
+    assert refused.value.status_code == 400
+
+
 def test_only_the_ws_path_upgrades(stack) -> None:
     _, web = stack
     answer = web.request(
