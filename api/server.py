@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from typing import Any
 
 import gevent
@@ -26,6 +27,10 @@ PRECHECK = "zapline.websocket.precheck"
 # before its payload is read (gevent-websocket would buffer any declared length and unmask
 # it byte by byte in Python, holding the whole process).
 CLIENT_MESSAGE_LIMIT_BYTES = 4096
+# From the moment a connection waits for a request (a new one, or idle between keep-alive
+# requests) to the end of its headers; a client that has not sent them by then is dropped,
+# or it would hold one of worker_connections for as long as it trickles bytes.
+HEADERS_DEADLINE_SECONDS = 10.0
 
 
 class MessageTooBig(ZaplineError):
@@ -96,10 +101,13 @@ class ZaplineHandler(WebSocketHandler):
     gevent-websocket upgrades any path and answers 101 before the app runs; a bad token must
     get its 401 as a plain HTTP answer instead (contract "Live push"). While draining, it
     closes keep-alive connections: an idle one would otherwise hold the worker until
-    gunicorn's graceful timeout.
+    gunicorn's graceful timeout. A request line and headers not in within
+    HEADERS_DEADLINE_SECONDS close the connection (pywsgi has no timeout of its own, and
+    gunicorn's keepalive does not reach this handler).
     """
 
     idle = False
+    headers_due = 0.0  # time.monotonic() by which this request's headers must be in
 
     def handle(self) -> None:
         _OPEN.add(self)
@@ -112,11 +120,20 @@ class ZaplineHandler(WebSocketHandler):
         if _DRAINING.is_set():
             return ""  # no further request on this connection
         self.idle = True
+        self.headers_due = time.monotonic() + HEADERS_DEADLINE_SECONDS
         try:
-            line: str = super().read_requestline()
-            return line
+            with gevent.Timeout(HEADERS_DEADLINE_SECONDS, False):
+                line: str = super().read_requestline()
+                return line
+            return ""  # no request line in time: close the connection
         finally:
             self.idle = False
+
+    def read_request(self, raw_requestline: str) -> bool:
+        with gevent.Timeout(max(self.headers_due - time.monotonic(), 0.0), False):
+            done: bool = super().read_request(raw_requestline)
+            return done
+        return False  # headers not in time: pywsgi answers 400 and closes the connection
 
     def upgrade_connection(self) -> Any:
         answer = super().upgrade_connection()
