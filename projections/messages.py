@@ -232,19 +232,16 @@ def read(event: Event) -> Operation | None:
             or names an instance, message or chat by an id no real one is as long as.
     """
     operation = _read(event)
-    if operation is not None:
-        key_id, op = operation
-        message = op.get("message")
-        for what, value in (
-            ("instance", event.instance),
-            ("key id", key_id),
-            ("chat", message["chat_jid"] if message is not None else None),
-        ):
-            if value is not None and len(value) > p.LONGEST_ID:
-                raise ValueError(
-                    f"{event.type} at {event.position}: {what} longer than {p.LONGEST_ID}"
-                    f" characters ({len(value)})"
-                )
+    if operation is None:
+        return None
+    key_id, op = operation
+    message = op.get("message")
+    chat = (message["chat_jid"] or "") if message is not None else ""
+    if max(len(event.instance), len(key_id), len(chat)) > p.LONGEST_ID:
+        raise ValueError(
+            f"{event.type} at {event.position}: instance, key id or chat longer than"
+            f" {p.LONGEST_ID} characters"
+        )
     return operation
 
 
