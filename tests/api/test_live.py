@@ -88,6 +88,15 @@ def stack(fresh_database_url: str) -> Iterator[tuple[str, WebServer]]:
     worker.stop()
 
 
+@pytest.fixture
+def web_only(fresh_database_url: str) -> Iterator[tuple[str, WebServer]]:
+    """The stack without a worker, for tests that project nothing (a worker's graceful stop
+    takes seconds)."""
+    web = start_web(fresh_database_url, API_TOKENS=TOKENS)
+    yield fresh_database_url, web
+    web.stop()
+
+
 def test_backlog_then_live_then_live_changes_without_gap_or_duplicate(stack) -> None:
     url, web = stack
     for i in range(5):
@@ -176,10 +185,10 @@ def _raw_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
-def test_pongs_to_a_slow_reader_never_land_inside_a_data_frame(stack) -> None:
+def test_pongs_to_a_slow_reader_never_land_inside_a_data_frame(web_only) -> None:
     # given: a backlog of 200 KB frames, far more than the socket buffers hold, and a client
     # on a slow link that pings while the server waits to write the rest of a frame
-    url, web = stack
+    url, web = web_only
     frames_in_backlog = 40
     sql(
         url,
@@ -227,8 +236,8 @@ def test_pongs_to_a_slow_reader_never_land_inside_a_data_frame(stack) -> None:
     assert sum(opcode == 10 for opcode, _ in frames) > 0
 
 
-def test_an_idle_socket_gets_a_keep_alive_ping_within_25_s(stack) -> None:
-    _, web = stack
+def test_an_idle_socket_gets_a_keep_alive_ping_within_25_s(web_only) -> None:
+    _, web = web_only
     ws = _connect(web, "alpha", "tok-a")
     ws.settimeout(30)
     started = time.monotonic()
@@ -324,9 +333,9 @@ def test_a_token_in_the_authorization_header_opens_the_socket(stack) -> None:
     ],
 )
 def test_a_bad_request_is_refused_with_plain_http_before_the_upgrade(
-    stack, instance: str, token: str, status: int
+    web_only, instance: str, token: str, status: int
 ) -> None:
-    _, web = stack
+    _, web = web_only
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         _connect(web, instance, token)
     assert refused.value.status_code == status
@@ -334,10 +343,10 @@ def test_a_bad_request_is_refused_with_plain_http_before_the_upgrade(
 
 @pytest.mark.parametrize("after", ["%C2%B3", "-1", "1.5"])
 def test_an_after_that_is_not_a_whole_number_is_refused_with_400_before_the_upgrade(
-    stack, after: str
+    web_only, after: str
 ) -> None:
     """ "³" (%C2%B3) is a digit to str.isdigit but not to int(): a 400, not a 500."""
-    _, web = stack
+    _, web = web_only
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         websocket.create_connection(
             f"ws://127.0.0.1:{web.port}/ws?instance=alpha&token=tok-a&after={after}", timeout=15
@@ -345,8 +354,8 @@ def test_an_after_that_is_not_a_whole_number_is_refused_with_400_before_the_upgr
     assert refused.value.status_code == 400
 
 
-def test_only_the_ws_path_upgrades(stack) -> None:
-    _, web = stack
+def test_only_the_ws_path_upgrades(web_only) -> None:
+    _, web = web_only
     answer = web.request(
         "GET",
         "/health",
@@ -384,10 +393,10 @@ def _masked_header(opcode: int, length: int, fin: bool = True) -> bytes:
     ids=["huge frame", "message of small frames"],
 )
 def test_a_client_message_over_the_limit_is_closed_with_1009_before_it_is_read(
-    stack, sent: bytes
+    web_only, sent: bytes
 ) -> None:
     """gevent-websocket would buffer and unmask any declared length, holding the process."""
-    _, web = stack
+    _, web = web_only
     client = socket.create_connection(("127.0.0.1", web.port), timeout=5)
     client.sendall(
         b"GET /ws?instance=alpha&token=tok-a HTTP/1.1\r\nHost: x\r\n"
