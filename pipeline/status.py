@@ -58,7 +58,7 @@ def projections(pool: Pool) -> list[dict[str, Any]]:
             "held": held if name == "messages" else 0,
             "held_oldest_seconds": _age(now, held_since) if name == "messages" else 0.0,
             "checkpoint_moved_at": moved.isoformat(),
-            "rebuild": rebuilds.get(name),
+            "rebuild": rebuilds.get(name) or _never_rebuilt(name),
         }
         for name, _txid, position, moved, lag, oldest, parked in rows
     ]
@@ -66,6 +66,22 @@ def projections(pool: Pool) -> list[dict[str, Any]]:
 
 def _age(now: datetime, since: datetime | None) -> float:
     return round((now - since).total_seconds(), 3) if since else 0.0
+
+
+def _never_rebuilt(name: str) -> dict[str, Any]:
+    """The rebuild state of a projection nobody has rebuilt: the same shape, state "none"."""
+    fields = ("summary", "error", "requested_at", "started_at", "finished_at")
+    return {
+        "projection": name,
+        "state": "none",
+        "running": False,
+        "events_done": 0,
+        "events_total": 0,
+        "rate_per_second": None,
+        "eta_seconds": None,
+        "dry_run": False,
+        **dict.fromkeys(fields),
+    }
 
 
 def _rebuilds(cur: Any) -> list[dict[str, Any]]:
@@ -172,8 +188,8 @@ def render(report: dict[str, Any]) -> str:
             f" held {p['held']}"
             + (f" (oldest {p['held_oldest_seconds']:.0f} s)" if p["held"] else "")
         )
-        rebuild = p.get("rebuild")
-        if rebuild:
+        rebuild = p["rebuild"]
+        if rebuild["state"] != "none":
             lines.append(
                 f"  rebuild: {rebuild['state']}, {rebuild['events_done']}"
                 f"/{rebuild['events_total']} events"

@@ -183,6 +183,9 @@ def test_admin_projections_reports_checkpoint_head_lag_parked_and_rebuild(
     assert projection["projection"] == "messages"
     for field in ("checkpoint", "head", "lag_events", "lag_seconds", "parked", "rebuild"):
         assert field in projection
+    # before any rebuild, its state is there to read all the same
+    assert projection["rebuild"]["state"] == "none"
+    assert projection["rebuild"]["events_done"] == 0
 
 
 def test_a_rebuild_request_the_broker_refuses_is_503_and_may_be_retried_at_once() -> None:
