@@ -280,19 +280,22 @@ def test_a_fault_of_our_schema_gets_503_for_a_retry_not_a_400_that_drops_it(
     assert sql(url, "SELECT count(*) FROM quarantine") == [(0,)]
 
 
+# Refuses, at COMMIT, any transaction holding an event of the instance "commitfail".
+REFUSE_COMMITFAIL_AT_COMMIT = """
+    CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$;
+    CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.instance = 'commitfail')
+        EXECUTE FUNCTION refuse_at_commit();
+"""
+
+
 def test_a_commit_that_fails_answers_no_200_and_the_good_webhooks_go_in_on_a_retry(
     fresh_database_url: str,
 ) -> None:
     # given: a database that refuses, at COMMIT, any transaction holding a "commitfail" event
     url = fresh_database_url
-    sql(
-        url,
-        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS"
-        " $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$;"
-        " CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events"
-        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.instance = 'commitfail')"
-        " EXECUTE FUNCTION refuse_at_commit()",
-    )
+    sql(url, REFUSE_COMMITFAIL_AT_COMMIT)
     server = start_web(url)
     try:
         bodies = [_text_message("commitfail" if i % 5 == 0 else "good", f"C{i}") for i in range(40)]
@@ -319,14 +322,7 @@ def test_an_inline_media_whose_event_fails_at_commit_leaves_no_attachment_behind
     """The attachment split out of a webhook commits with its event or not at all."""
     # given: a database that refuses, at COMMIT, any transaction holding a "commitfail" event
     url = fresh_database_url
-    sql(
-        url,
-        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS"
-        " $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$;"
-        " CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events"
-        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.instance = 'commitfail')"
-        " EXECUTE FUNCTION refuse_at_commit()",
-    )
+    sql(url, REFUSE_COMMITFAIL_AT_COMMIT)
     refused, kept = b"refused media " * 64, b"kept media " * 64
     server = start_web(url)
     try:
