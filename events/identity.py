@@ -14,6 +14,7 @@ by the edit it carries.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -67,7 +68,8 @@ def _text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict) and "low" in value and "high" in value:
-        return str((int(value["high"]) << 32) + (int(value["low"]) & 0xFFFFFFFF))
+        with contextlib.suppress(TypeError, ValueError, OverflowError):  # else: hashed below
+            return str((int(value["high"]) << 32) + (int(value["low"]) & 0xFFFFFFFF))
     if isinstance(value, (dict, list)):
         return _canonical_hash(value)
     return str(value)

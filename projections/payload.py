@@ -75,7 +75,13 @@ MEDIA_TYPES = frozenset({"image", "video", "audio", "sticker", "document"})
 
 
 def to_int(value: Any) -> int | None:
-    """Return an int from an int, a decimal string or a protobuf Long object, else None."""
+    """Return an int from an int, a decimal string or a protobuf Long object, else None;
+    None too out of bigint's range, which no real count or time is and no column holds."""
+    number = _whole(value)
+    return number if number is not None and -(2**63) <= number < 2**63 else None
+
+
+def _whole(value: Any) -> int | None:
     if type(value) is int:
         return value
     if isinstance(value, str):

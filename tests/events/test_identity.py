@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from events.identity import dedupe_key
 from tests.conftest import fixture_bodies
 
@@ -130,6 +132,15 @@ def test_2_3_6_long_objects_identify_like_their_decimal_strings() -> None:
         "a", "messages.edited", {"key": {"id": "K"}, "type": "REVOKE", "timestampMs": "1749766101"}
     )
     assert as_object == as_string
+
+
+@pytest.mark.parametrize("odd", [{"low": "x", "high": "y"}, {"low": 1, "high": 1e400}, [1]])
+def test_a_status_shaped_like_no_long_is_identified_by_its_hash_not_an_error(odd: object) -> None:
+    update = {"keyId": "K", "status": odd}
+    assert dedupe_key("a", "messages.update", update) == dedupe_key("a", "messages.update", update)
+    assert dedupe_key("a", "messages.update", update) != dedupe_key(
+        "a", "messages.update", {"keyId": "K", "status": "READ"}
+    )
 
 
 def test_other_events_are_identified_by_their_canonical_data() -> None:

@@ -22,6 +22,10 @@ from tests.projections.conftest import load
         ("not a number", None),
         (None, None),
         ({"0": 1}, None),
+        # beyond bigint: no real size or time, and no column could store it
+        (10**30, None),
+        (str(2**63), None),
+        (2**63 - 1, 2**63 - 1),
     ],
 )
 def test_to_int_reads_ints_strings_and_long_objects(value: object, expected: int | None) -> None:
