@@ -96,7 +96,11 @@ def catch_up(
                         after_commit(batch)
                     done, cursor = batch.events, batch.cursor
             except runner.REFUSED:
-                done, cursor = _park_refused(conn, after_commit)
+                # Once more, each event on its own where need be, parking those refused.
+                batch = runner.run_batch(conn, limit=runner.BATCH_SIZE, park_refused=True)
+                if batch.events:
+                    after_commit(batch)
+                done, cursor = batch.events, batch.cursor
         backlog = done >= runner.BATCH_SIZE
         if done:
             total += done
@@ -109,21 +113,6 @@ def catch_up(
             return total
         time.sleep(0.01)
     return total
-
-
-def _park_refused(conn: Any, after_commit: Callable[[Batch], None]) -> tuple[int, Cursor]:
-    """After a batch the database refused to store, project its events one at a time up to
-    the one it refuses, and park that one: a retry of the batch would fail for ever, and hold
-    up every instance. Return (events projected or parked, checkpoint after them)."""
-    done, batch = 0, Batch()
-    for _ in range(runner.BATCH_SIZE):
-        batch = runner.run_batch(conn, limit=1, park_refused=True)
-        if batch.events:
-            after_commit(batch)
-            done += 1
-        if not batch.events or batch.parked:
-            break
-    return done, batch.cursor
 
 
 def _overlapped(

@@ -1,8 +1,8 @@
 """Zero-downtime rebuild: build a projection into shadow tables, catch up, swap in one step.
 
 1. Build. Shadow copies of `messages`, `message_holds` and `chats` are filled from position 0
-   with the same `apply_events` the live runner uses, in batches that each commit the shadow
-   rows with the shadow's checkpoint (the `rebuilds` row), so an interrupted rebuild resumes.
+   with the projection's own `apply_or_park`, in batches that each commit the shadow rows
+   with the shadow's checkpoint (the `rebuilds` row), so an interrupted rebuild resumes.
    The shadow never reads past the live checkpoint, and it writes no feed: the live
    projection keeps serving reads and projecting new events meanwhile.
 2. Swap, in one transaction under the projection's advisory lock (the live runner pauses
@@ -39,7 +39,14 @@ import psycopg2.extras
 from events.errors import ZaplineError
 from events.store import Cursor, read_after
 from projections.catchup import collector_paused
-from projections.runner import PROJECTION, FeedItem, Tables, append_feed, apply_events, lock_id
+from projections.runner import (
+    PROJECTION,
+    FeedItem,
+    Tables,
+    append_feed,
+    apply_or_park,
+    lock_id,
+)
 
 log = logging.getLogger("zapline.rebuild")
 
@@ -318,7 +325,7 @@ def _apply_shadow_batch(cur: Any, name: str, live: Cursor, batch: int) -> int:
     read = read_after(cur, Cursor(txid, position), batch, upto=live)
     if not read:
         return 0
-    apply_events(cur, [event for _, event in read], tables=SHADOW)
+    apply_or_park(cur, [event for _, event in read], tables=SHADOW)
     last = read[-1][0]
     cur.execute(
         "UPDATE rebuilds SET txid = %s, position = %s, events_done = events_done + %s,"

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from events.event import Event
-from projections.runner import PROJECTION, apply_events, lock_id
+from projections.runner import PROJECTION, apply_or_park, lock_id
 
 CHUNK = 1000
 
@@ -79,7 +79,7 @@ def replay(
             events = [Event(*row) for row in cur.fetchall()]
             if not events:
                 return result
-            batch = apply_events(cur, events)
+            batch = apply_or_park(cur, events)
             positions = [e.position for e in events]
             cur.execute(
                 "DELETE FROM parked WHERE projection = %s AND position = ANY(%s)"

@@ -100,8 +100,7 @@ def run_batch(
     """Project the next batch of events and commit; return what it did.
 
     With `wait=False` it raises Busy instead of queueing behind another runner. With
-    `park_refused`, a batch whose rows the database refuses is parked instead (call it with
-    `limit=1` to find the one event at fault).
+    `park_refused`, the events are applied as by `apply_or_park`.
     """
     with conn, conn.cursor() as cur:
         _lock(cur, wait)
@@ -110,7 +109,7 @@ def run_batch(
         if not read:
             return Batch(cursor=Cursor(txid, position))
         events = [event for _, event in read]
-        batch = _apply_or_park(cur, events) if park_refused else apply_events(cur, events)
+        batch = apply_or_park(cur, events) if park_refused else apply_events(cur, events)
         batch.events = len(read)
         batch.cursor = read[-1][0]
         cur.execute(
@@ -121,16 +120,33 @@ def run_batch(
         return batch
 
 
-def _apply_or_park(cur: Any, events: list[Event]) -> Batch:
-    cur.execute("SAVEPOINT zapline_batch")
+def apply_or_park(cur: Any, events: list[Event], *, tables: Tables = LIVE) -> Batch:
+    """`apply_events`, except that an event whose rows the database refuses to store is
+    parked: retried as it is, it would fail for ever and hold up every instance behind it.
+    The events go in halves, and halves of those, until each refused one is found alone."""
+    batch = Batch()
+    _apply_or_split(cur, events, tables, batch)
+    return batch
+
+
+def _apply_or_split(cur: Any, events: list[Event], tables: Tables, batch: Batch) -> None:
+    cur.execute("SAVEPOINT zapline_part")
     try:
-        return apply_events(cur, events)
+        applied = apply_events(cur, events, tables=tables)
     except REFUSED as error:
-        cur.execute("ROLLBACK TO SAVEPOINT zapline_batch")
-        batch = Batch()
-        for event in events:
-            _park(cur, event, _reason(error, park=True), batch, LIVE)
-        return batch
+        cur.execute("ROLLBACK TO SAVEPOINT zapline_part; RELEASE SAVEPOINT zapline_part")
+        if len(events) == 1:
+            _park(cur, events[0], _reason(error, park=True), batch, tables)
+            return
+        middle = len(events) // 2
+        _apply_or_split(cur, events[:middle], tables, batch)
+        _apply_or_split(cur, events[middle:], tables, batch)
+        return
+    cur.execute("RELEASE SAVEPOINT zapline_part")
+    batch.feed += applied.feed
+    batch.parked += applied.parked
+    batch.new_media += applied.new_media
+    batch.written.update(applied.written)
 
 
 @dataclass

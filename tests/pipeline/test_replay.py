@@ -243,3 +243,25 @@ def test_a_replay_without_to_stops_at_the_head_it_started_from(fresh_database_ur
     last_progress = done.stderr.strip().splitlines()[-1]  # "replay: N/N (...)"
     counted = int(last_progress.split()[1].split("/")[1])
     assert 3000 <= replayed == counted
+
+
+def test_an_event_the_database_refuses_stays_parked_and_the_rest_replay(log: str) -> None:
+    url = log
+    conn = psycopg2.connect(url)
+    try:
+        catch_up(conn)
+        # given: the database now refuses one message's row (as it would a value out of range)
+        sql(url, "ALTER TABLE messages ADD CONSTRAINT no_b1 CHECK (key_id <> 'B1') NOT VALID")
+        sql(url, "DELETE FROM messages")
+        # when: everything is replayed
+        result = replay(conn, Selection(first=1))
+    finally:
+        conn.close()
+    # then: that event is parked with the reason, and every other message is back
+    [(position,)] = sql(
+        url, "SELECT position FROM events WHERE payload->'data'->'key'->>'id' = 'B1'"
+    )
+    assert result.parked == [position] and result.events == 6
+    [(error,)] = sql(url, "SELECT error FROM parked WHERE position = %s", (position,))
+    assert "no_b1" in error
+    assert sql(url, "SELECT key_id FROM messages ORDER BY 1") == [("A1",), ("A2",)]

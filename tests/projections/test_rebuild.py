@@ -421,3 +421,17 @@ def test_the_admin_route_has_the_worker_rebuild_and_reports_its_state(history: s
     }
     assert projection["rebuild"]["events_done"] == 6000
     assert sql(url, "SELECT count(*) FROM messages WHERE key_id = 'M1'") == [(1,)]
+
+
+def test_an_event_the_database_refuses_is_parked_and_the_rebuild_completes(history: str) -> None:
+    url = history
+    # given: the database refuses one message's row now (shadow tables copy the constraint)
+    sql(url, "ALTER TABLE messages ADD CONSTRAINT no_m7 CHECK (key_id <> 'M7') NOT VALID")
+    before = sql(url, "SELECT count(*) FROM messages WHERE key_id <> 'M7'")
+    # when: the projection is rebuilt
+    rebuilt = _run(url, "rebuild", "messages")
+    # then: it completes, with that message's event parked and every other message in place
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    [(error,)] = sql(url, "SELECT error FROM parked WHERE projection = 'messages'")
+    assert "no_m7" in error
+    assert sql(url, "SELECT count(*) FROM messages") == before
