@@ -26,7 +26,7 @@ from geventwebsocket.exceptions import WebSocketError
 from api.health import Lifecycle
 from api.metrics import WEBSOCKET_CLIENTS
 from api.reads import BadQuery, read_feed
-from api.server import PRECHECK, MessageTooBig
+from api.server import PRECHECK, MessageRefused
 from api.tokens import ApiAuth
 from events.errors import StoreUnavailable, ZaplineError
 from events.pool import Pool
@@ -35,7 +35,7 @@ from pipeline.fanout import frames
 
 log = logging.getLogger("zapline.live")
 
-MESSAGE_TOO_BIG = 1009
+POLICY_VIOLATION = 1008
 SERVICE_RESTART = 1012
 TRY_AGAIN_LATER = 1013  # the database cannot be read now: reconnect with backoff
 PING_SECONDS = 20.0
@@ -112,8 +112,8 @@ class Subscriber:
             while not self.closed:
                 if self.ws.receive() is None:
                     break
-        except MessageTooBig:
-            self.close(MESSAGE_TOO_BIG, "message too big")
+        except MessageRefused as refused:
+            self.close(POLICY_VIOLATION, str(refused))
         except (WebSocketError, OSError):
             pass
         self.closed = True

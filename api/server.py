@@ -23,59 +23,53 @@ from events.errors import ZaplineError
 WS_PATH = "/ws"
 # Set by the connection handler when it asks the app whether to upgrade a request.
 PRECHECK = "zapline.websocket.precheck"
-# The server needs nothing from clients but close, ping and pong; anything larger is refused
-# before its payload is read (gevent-websocket would buffer any declared length and unmask
-# it byte by byte in Python, holding the whole process).
-CLIENT_MESSAGE_LIMIT_BYTES = 4096
 # From the moment a connection waits for a request (a new one, or idle between keep-alive
 # requests) to the end of its headers; a client that has not sent them by then is dropped,
 # or it would hold one of worker_connections for as long as it trickles bytes.
 HEADERS_DEADLINE_SECONDS = 10.0
 
 
-class MessageTooBig(ZaplineError):
-    """A client frame, or the message its frames add up to, is over the limit.
+class MessageRefused(ZaplineError):
+    """A client sent a message: the socket takes none.
 
     Not a socket error: gevent-websocket's receive() would swallow that and close without a
-    code, where the client must see 1009.
+    code, where the client must see why.
     """
 
 
 class OneWriterWebSocket(WebSocket):
-    """A WebSocket that writes one frame at a time, and reads only small client messages.
+    """A WebSocket that writes one frame at a time, and reads only control frames.
 
     The socket's writer, gevent-websocket's pongs (from the reading greenlet) and a
     shutdown's close frame each write from a greenlet of their own; while a frame waits on a
     slow client, another's bytes would land in its middle and break the stream.
     """
 
-    __slots__ = ("writing", "message_bytes")
+    __slots__ = ("writing",)
 
     def __init__(self, environ: Any, stream: Any, handler: Any) -> None:
         super().__init__(environ, stream, handler)
         self.writing = gevent.lock.Semaphore()
-        self.message_bytes = 0
 
     def read_frame(self) -> tuple[Header, bytes]:
-        """gevent-websocket's read_frame, refusing an oversized payload before reading it.
+        """gevent-websocket's read_frame, refusing a message before reading its payload.
+
+        The server takes nothing from clients but close, ping and pong (which
+        gevent-websocket keeps to 125 bytes). It would buffer a message of any declared
+        length and unmask it byte by byte in Python, holding the whole process.
 
         Raises:
-            MessageTooBig: the frame, or its message so far, is over the limit.
+            MessageRefused: a text, binary or continuation frame.
         """
         header = Header.decode_header(self.stream)
         if header.flags:
             raise ProtocolError
-        size = header.length
-        if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
-            self.message_bytes = size
-        elif header.opcode == self.OPCODE_CONTINUATION:
-            self.message_bytes += size
-            size = self.message_bytes
-        if size > CLIENT_MESSAGE_LIMIT_BYTES:
-            raise MessageTooBig(f"a client message of {size} bytes")
+        if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
+            raise MessageRefused("this socket takes no messages")
         payload = self.raw_read(header.length) if header.length else b""
         if len(payload) != header.length:
             raise WebSocketError("Unexpected EOF reading frame payload")
+        gevent.sleep(0)  # frames sent back to back (a ping flood) must not hold the process
         return header, header.unmask_payload(payload) if header.mask else payload
 
     def send_frame(self, message: Any, opcode: int) -> None:

@@ -382,19 +382,12 @@ def _masked_header(opcode: int, length: int, fin: bool = True) -> bytes:
     [
         # one frame declaring 50 MB, of which only a few bytes ever come
         _masked_header(0x2, 50_000_000) + b"\0" * 16,
-        # a message of small frames adding up past the limit
-        _masked_header(0x2, 100, fin=False)
-        + b"\0" * 100
-        + _masked_header(0x0, 4000)
-        + b"\0" * 4000
-        + _masked_header(0x0, 100)
-        + b"\0" * 100,
+        # a small text message: the socket takes none, so a flood of them cannot hold it
+        _masked_header(0x1, 5) + b"\0" * 5,
     ],
-    ids=["huge frame", "message of small frames"],
+    ids=["huge frame", "small message"],
 )
-def test_a_client_message_over_the_limit_is_closed_with_1009_before_it_is_read(
-    web_only, sent: bytes
-) -> None:
+def test_a_client_message_is_refused_with_1008_before_it_is_read(web_only, sent: bytes) -> None:
     """gevent-websocket would buffer and unmask any declared length, holding the process."""
     _, web = web_only
     client = socket.create_connection(("127.0.0.1", web.port), timeout=5)
@@ -410,7 +403,7 @@ def test_a_client_message_over_the_limit_is_closed_with_1009_before_it_is_read(
         received += chunk
     # when
     client.sendall(sent)
-    # then: a close frame with 1009 comes promptly, while the process still answers others
+    # then: a close frame with 1008 comes promptly, while the process still answers others
     try:
         while not any(op == 8 for op, _ in _raw_frames(received.split(b"\r\n\r\n", 1)[1])):
             chunk = client.recv(4096)
@@ -421,7 +414,7 @@ def test_a_client_message_over_the_limit_is_closed_with_1009_before_it_is_read(
     finally:
         client.close()
     closes = [data for op, data in _raw_frames(received.split(b"\r\n\r\n", 1)[1]) if op == 8]
-    assert closes and closes[0][:2] == (1009).to_bytes(2, "big"), received[-200:]
+    assert closes and closes[0][:2] == (1008).to_bytes(2, "big"), received[-200:]
     assert health.status == 200
 
 
