@@ -149,7 +149,9 @@ class ZaplineHandler(WebSocketHandler):
 
     def run_application(self) -> Any:
         if self.environ.get("PATH_INFO") != WS_PATH or not _asks_upgrade(self.environ):
-            return WSGIHandler.run_application(self)
+            result = WSGIHandler.run_application(self)
+            self._leave_unread_body()
+            return result
         answer: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -162,6 +164,15 @@ class ZaplineHandler(WebSocketHandler):
         self.start_response(answer["status"], answer["headers"])
         self.write(body)
         return None
+
+    def _leave_unread_body(self) -> None:
+        """Close the connection after the answer rather than read a body the application left
+        unread (a refused webhook's): pywsgi would read it to the end first, for as long as a
+        client cares to trickle it."""
+        body = self.wsgi_input
+        if body is not None and (body.chunked_input or body.position < (body.content_length or 0)):
+            self.close_connection = True
+            body.content_length, body.chunked_input = body.position, False  # nothing to read
 
 
 class ZaplineWorker(GeventWebSocketWorker):

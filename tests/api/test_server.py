@@ -72,3 +72,26 @@ def test_a_kept_alive_connection_serves_a_second_request_sent_within_the_deadlin
     finally:
         conn.close()
     assert statuses == [200, 200] and sockets[0] is sockets[1] is not None
+
+
+def test_a_body_the_app_did_not_read_is_not_waited_for_after_the_answer(web: WebServer) -> None:
+    """A refused webhook's body is left unread: the connection closes after the 401 instead
+    of waiting, for as long as the client trickles it, to read the rest."""
+    client = socket.create_connection(("127.0.0.1", web.port), timeout=5)
+    try:
+        client.sendall(
+            b"POST /webhooks/evolution HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
+        )
+        received, closed = b"", False
+        deadline = time.monotonic() + HEADERS_DEADLINE_SECONDS / 2
+        while not closed and time.monotonic() < deadline:
+            readable, _, _ = select.select([client], [], [], 0.5)
+            if readable:
+                chunk = client.recv(4096)
+                received += chunk
+                closed = not chunk
+            elif b"\r\n\r\n" in received:
+                client.sendall(b" ")  # the body, trickled
+    finally:
+        client.close()
+    assert received.startswith(b"HTTP/1.1 401") and closed
