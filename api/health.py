@@ -10,6 +10,8 @@ from typing import Any
 import falcon
 import gevent
 
+from events.errors import first_line
+
 Check = Callable[[], Any]
 
 
@@ -119,7 +121,6 @@ def _connected(results: dict[str, Any]) -> dict[str, Any]:
     return {name: "connected" if value is None else value for name, value in results.items()}
 
 
-def _safe(error: BaseException | None) -> str:
+def _safe(error: BaseException) -> str:
     """A one-line reason with any credentials in URLs masked."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return "unavailable: " + re.sub(r"//[^/@\s]*@", "//***@", text)[:200]
+    return "unavailable: " + re.sub(r"//[^/@\s]*@", "//***@", first_line(error))[:200]

@@ -18,7 +18,6 @@ from typing import Any
 
 import falcon
 import gevent
-import psycopg2
 from gevent.lock import BoundedSemaphore
 from gevent.queue import Empty, Full, Queue
 from geventwebsocket.exceptions import WebSocketError
@@ -280,9 +279,9 @@ class LiveResource:
             self._follow(sub)
         except (WebSocketError, OSError):
             pass  # the client went away
-        except (StoreUnavailable, psycopg2.Error):
-            # Down, or not migrated yet: a close code, not a dropped connection (1006), so
-            # the client knows to come back.
+        except StoreUnavailable:
+            # Down, or not migrated yet (the pool says which): a close code, not a dropped
+            # connection (1006), so the client knows to come back.
             sub.close(TRY_AGAIN_LATER, "database unavailable")
         finally:
             self._hub.remove(sub)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a driver's runs on with detail and hints), or
+    its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ZaplineError(Exception):
     """Base of every error Zapline raises on purpose."""
 

@@ -12,7 +12,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from events.errors import StoreUnavailable
+from events.errors import StoreUnavailable, first_line
 
 # libpq notices a dead server after keepalives_idle + interval * count seconds.
 _KEEPALIVES = {
@@ -60,12 +60,12 @@ class Pool:
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
             self._discard(conn)
             conn = None
-            raise StoreUnavailable(_first_line(error)) from error
+            raise StoreUnavailable(first_line(error)) from error
         except psycopg2.errors.UndefinedTable as error:
             # Up, but not migrated (yet): as unavailable as down, for web and CLI alike.
             raise StoreUnavailable(
                 f"the database is not migrated (run python -m pipeline migrate):"
-                f" {_first_line(error)}"
+                f" {first_line(error)}"
             ) from error
         except Exception:
             raise  # the connection is fine; given back (and rolled back) below
@@ -119,7 +119,7 @@ class Pool:
                 )
         except (psycopg2.OperationalError, _Timeout) as error:
             raise StoreUnavailable(
-                f"cannot connect to the database: {_first_line(error)}"
+                f"cannot connect to the database: {first_line(error)}"
             ) from error
 
     def _give_back(self, conn: Any) -> None:
@@ -167,8 +167,3 @@ def _deadline(seconds: float) -> Iterator[None]:
     timeout = gevent.Timeout(seconds, _Timeout(f"no answer within {seconds:g} s"))
     with timeout:
         yield
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

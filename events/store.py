@@ -11,7 +11,7 @@ import psycopg2.extras
 
 from events import jsontext
 from events.attachments import CHUNK_BYTES, Attachment
-from events.errors import StoreRejected, StoreUnavailable
+from events.errors import StoreRejected, StoreUnavailable, first_line
 from events.event import Event
 from events.pool import Pool
 from events.webhook import Webhook
@@ -100,7 +100,7 @@ class EventStore:
                     raise StoreRejected(str(error).strip()) from error
                 # Ours, not the webhook's (a schema or permission fault): a 400 would make
                 # Evolution drop it for good, a 503 makes it retry.
-                raise StoreUnavailable(str(error).strip().splitlines()[0]) from error
+                raise StoreUnavailable(first_line(error)) from error
 
     def read_after(self, cursor: Cursor, limit: int = 1000) -> list[tuple[Cursor, Event]]:
         """Return up to `limit` events after `cursor` that no late commit can precede."""

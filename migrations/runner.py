@@ -11,7 +11,7 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import parse_dsn
 
-from events.errors import StoreUnavailable
+from events.errors import StoreUnavailable, first_line
 
 FOLDER = Path(__file__).resolve().parent
 # Any constant will do; it only has to be the same in every process that migrates.
@@ -65,7 +65,7 @@ def migrate(dsn: str, *, log: Any = print) -> list[Migration]:
     try:
         conn = psycopg2.connect(dsn, connect_timeout=10)
     except psycopg2.OperationalError as error:
-        raise StoreUnavailable(f"cannot connect to the database: {_first_line(error)}") from error
+        raise StoreUnavailable(f"cannot connect to the database: {first_line(error)}") from error
     done = []
     try:
         conn.autocommit = True
@@ -102,7 +102,7 @@ def _create_database_if_missing(dsn: str, log: Any) -> None:
     except psycopg2.OperationalError as error:
         if "does not exist" not in str(error):
             raise StoreUnavailable(
-                f"cannot connect to the database: {_first_line(error)}"
+                f"cannot connect to the database: {first_line(error)}"
             ) from error
     name = params.get("dbname", "")
     admin = psycopg2.connect(**{**params, "dbname": "postgres", "connect_timeout": 10})
@@ -115,7 +115,3 @@ def _create_database_if_missing(dsn: str, log: Any) -> None:
         pass  # another migrate run created it first
     finally:
         admin.close()
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

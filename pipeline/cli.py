@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import psycopg2
 
-from events.errors import ZaplineError
+from events.errors import ZaplineError, first_line
 from pipeline import logs
 from pipeline.config import Settings
 from projections import PROJECTION_NAMES
@@ -98,8 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except psycopg2.Error as error:  # what the store did not translate: still one line
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"error: database: {reason}", file=sys.stderr)
+        print(f"error: database: {first_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
