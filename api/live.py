@@ -24,7 +24,7 @@ from geventwebsocket.exceptions import WebSocketError
 
 from api.health import Lifecycle
 from api.metrics import WEBSOCKET_CLIENTS
-from api.reads import BadQuery, read_feed
+from api.reads import BadQuery, read_feed, whole_or_none
 from api.server import PRECHECK, MessageRefused
 from api.tokens import ApiAuth
 from events.errors import StoreUnavailable, ZaplineError
@@ -253,7 +253,7 @@ class LiveResource:
         if not instance:
             raise BadQuery("instance is required")
         self._auth.require(req, instance)
-        after = _after(req)
+        after = whole_or_none(req, "after", low=0)
         if req.env.get(PRECHECK):
             resp.status = falcon.HTTP_204
             return
@@ -335,13 +335,3 @@ def _reap_when_dead(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER_SECONDS * 1000)
-
-
-def _after(req: falcon.Request) -> int | None:
-    raw = req.get_param("after")
-    if raw is None or raw == "":
-        return None
-    # isascii: str.isdigit also accepts "³" and other digits int() refuses.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise BadQuery("after must be a whole number of at least 0")
-    return int(raw)

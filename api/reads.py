@@ -238,9 +238,19 @@ def _whole(req: falcon.Request, name: str, *, default: int, low: int) -> int:
     Raises:
         BadQuery: it is not a whole number from `low` to the largest bigint.
     """
+    found = whole_or_none(req, name, low=low)
+    return default if found is None else found
+
+
+def whole_or_none(req: falcon.Request, name: str, *, low: int) -> int | None:
+    """A whole-number query parameter, or None when it is absent or empty.
+
+    Raises:
+        BadQuery: it is not a whole number from `low` to the largest bigint.
+    """
     raw = req.get_param(name) or ""
     if not raw:
-        return default
+        return None
     if not re.fullmatch(r"[0-9]{1,19}", raw) or not low <= int(raw) <= _BIGINT_MAX:
         raise BadQuery(f"{name} must be a whole number of at least {low}")
     return int(raw)
