@@ -15,7 +15,7 @@ import pytest
 from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
-from tests.conftest import sql, start_web, start_worker, wait_for
+from tests.conftest import WebServer, sql, start_web, start_worker, wait_for
 from tests.netutil import TcpProxy
 from tests.pipeline.stubs import image_upsert, moto_s3, png, s3_client
 
@@ -29,6 +29,16 @@ def s3() -> Iterator[dict[str, str]]:
     # moto keeps one in-memory S3 per process: a bucket per test keeps tests apart.
     with moto_s3(f"zapline-test-{uuid.uuid4().hex[:12]}") as env:
         yield env
+
+
+@pytest.fixture
+def s3_stack(fresh_database_url: str, s3: dict[str, str]) -> Iterator[tuple[str, WebServer]]:
+    """A web and a worker storing media in the S3 stub, with a reader token."""
+    env = {**s3, "API_TOKENS": f"{READER}:*"}
+    web, worker = start_web(fresh_database_url, **env), start_worker(fresh_database_url, **env)
+    yield fresh_database_url, web
+    worker.stop()
+    web.stop()
 
 
 def _objects(env: dict[str, str]) -> list[str]:
@@ -46,39 +56,33 @@ def _media(url: str, key_id: str) -> tuple[object, ...] | None:
 
 
 def test_s3_stores_each_content_once_and_redirects_to_a_presigned_sigv4_url(
-    fresh_database_url: str, s3: dict[str, str]
+    s3_stack: tuple[str, WebServer], s3: dict[str, str]
 ) -> None:
-    url = fresh_database_url
-    env = {**s3, "API_TOKENS": f"{READER}:*"}
-    web, worker = start_web(url, **env), start_worker(url, **env)
-    try:
-        # given: the same PNG in two messages
-        image = png(40, 30, seed=11)
-        for key_id in ("S3A", "S3B"):
-            assert web.post_webhook(image_upsert("s3", key_id, image)).status == 200
-        # when: both are stored
-        for key_id in ("S3A", "S3B"):
-            wait_for(lambda k=key_id: (m := _media(url, k)) and m[1] == "stored")
-        media_id, _, digest, key, _ = _media(url, "S3A")  # type: ignore[misc]
-        # then: one object under the content's address, with its content type
-        assert digest == hashlib.sha256(image).hexdigest()
-        assert _objects(s3) == [key] and str(key).endswith(str(digest))
-        head = s3_client(s3).head_object(Bucket=s3["S3_BUCKET"], Key=key)
-        assert head["ContentType"] == "image/png"
-        # and the API answers 302 to a short-lived SigV4 URL that serves the bytes
-        answer = web.request(
-            "GET", f"/api/media/{media_id}", headers={"Authorization": f"Bearer {READER}"}
-        )
-        assert answer.status == 302
-        location = answer.headers["location"]
-        query = parse_qs(urlsplit(location).query)
-        assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
-        assert 0 < int(query["X-Amz-Expires"][0]) <= 600
-        with urllib.request.urlopen(location, timeout=10) as fetched:
-            assert hashlib.sha256(fetched.read()).hexdigest() == digest
-    finally:
-        worker.stop()
-        web.stop()
+    url, web = s3_stack
+    # given: the same PNG in two messages
+    image = png(40, 30, seed=11)
+    for key_id in ("S3A", "S3B"):
+        assert web.post_webhook(image_upsert("s3", key_id, image)).status == 200
+    # when: both are stored
+    for key_id in ("S3A", "S3B"):
+        wait_for(lambda k=key_id: (m := _media(url, k)) and m[1] == "stored")
+    media_id, _, digest, key, _ = _media(url, "S3A")  # type: ignore[misc]
+    # then: one object under the content's address, with its content type
+    assert digest == hashlib.sha256(image).hexdigest()
+    assert _objects(s3) == [key] and str(key).endswith(str(digest))
+    head = s3_client(s3).head_object(Bucket=s3["S3_BUCKET"], Key=key)
+    assert head["ContentType"] == "image/png"
+    # and the API answers 302 to a short-lived SigV4 URL that serves the bytes
+    answer = web.request(
+        "GET", f"/api/media/{media_id}", headers={"Authorization": f"Bearer {READER}"}
+    )
+    assert answer.status == 302
+    location = answer.headers["location"]
+    query = parse_qs(urlsplit(location).query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert 0 < int(query["X-Amz-Expires"][0]) <= 600
+    with urllib.request.urlopen(location, timeout=10) as fetched:
+        assert hashlib.sha256(fetched.read()).hexdigest() == digest
 
 
 def test_a_worker_killed_mid_upload_leaves_nothing_that_blocks_a_retry(
@@ -130,24 +134,18 @@ def test_without_base64_or_evolution_the_media_stays_pending_with_a_reason(
 
 
 def test_a_presigned_url_sends_an_html_document_as_a_download(
-    fresh_database_url: str, s3: dict[str, str]
+    s3_stack: tuple[str, WebServer],
 ) -> None:
-    url = fresh_database_url
-    env = {**s3, "API_TOKENS": f"{READER}:*"}
-    web, worker = start_web(url, **env), start_worker(url, **env)
-    try:
-        page = b"<html><script>fetch('/x?' + location.search)</script></html>"
-        web.post_webhook(image_upsert("s3", "HTML1", page, mimetype="Text/HTML; charset=utf-8"))
-        wait_for(lambda: (m := _media(url, "HTML1")) and m[1] == "stored")
-        media_id = _media(url, "HTML1")[0]  # type: ignore[index]
-        answer = web.request(
-            "GET", f"/api/media/{media_id}", headers={"Authorization": f"Bearer {READER}"}
-        )
-        query = parse_qs(urlsplit(answer.headers["location"]).query)
-        assert (query["response-content-disposition"], query["response-content-type"]) == (
-            ["attachment"],
-            ["text/html"],
-        )
-    finally:
-        worker.stop()
-        web.stop()
+    url, web = s3_stack
+    page = b"<html><script>fetch('/x?' + location.search)</script></html>"
+    web.post_webhook(image_upsert("s3", "HTML1", page, mimetype="Text/HTML; charset=utf-8"))
+    wait_for(lambda: (m := _media(url, "HTML1")) and m[1] == "stored")
+    media_id = _media(url, "HTML1")[0]  # type: ignore[index]
+    answer = web.request(
+        "GET", f"/api/media/{media_id}", headers={"Authorization": f"Bearer {READER}"}
+    )
+    query = parse_qs(urlsplit(answer.headers["location"]).query)
+    assert (query["response-content-disposition"], query["response-content-type"]) == (
+        ["attachment"],
+        ["text/html"],
+    )
