@@ -97,7 +97,9 @@ def catch_up(
                     done, cursor = batch.events, batch.cursor
             except runner.REFUSED:
                 # Once more, each event on its own where need be, parking those refused.
-                batch = runner.run_batch(conn, limit=runner.BATCH_SIZE, park_refused=True)
+                batch = runner.run_batch(
+                    conn, limit=runner.BATCH_SIZE, wait=wait, park_refused=True
+                )
                 if batch.events:
                     after_commit(batch)
                 done, cursor = batch.events, batch.cursor
