@@ -478,3 +478,50 @@ def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def test_a_database_outage_loses_no_accepted_webhook_and_both_services_recover(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    # given: web and worker reaching PostgreSQL through a proxy we can cut, as a restart or a
+    # failover of the database cuts every connection
+    proxy = TcpProxy(5432)
+    through = url.replace(":5432/", f":{proxy.port}/")
+    web = start_web(through)
+    worker = start_worker(through)
+    answers: dict[str, int] = {}
+
+    def post(key: str) -> int:
+        return web.post_webhook(_upsert("dbdown", key, chat=len(key) % 5)).status
+
+    try:
+        assert post("before") == 200
+        wait_for(lambda: projected_up_to_head(url), timeout=20)
+        # when: webhooks keep arriving before, during and after 3 s without the database
+        for phase, seconds in (("up", 2.0), ("down", 3.0), ("back", 3.0)):
+            if phase == "down":
+                proxy.cut()
+            elif phase == "back":
+                proxy = proxy.restore()
+            until = time.monotonic() + seconds
+            for n in range(1000):
+                if time.monotonic() > until:
+                    break
+                answers[f"{phase}{n}"] = post(f"{phase}{n}")
+                time.sleep(0.01)
+        # then: each answer was a 200 or a 503 (retry later), never a 500
+        assert set(answers.values()) <= {200, 503}, sorted(set(answers.values()))
+        assert {answers[k] for k in answers if k.startswith("down")} == {503}
+        # the web is ready again, and the retry of each refused webhook is accepted
+        wait_for(lambda: web.request("GET", "/health/ready").status == 200, timeout=30)
+        assert {post(key) for key, status in answers.items() if status == 503} == {200}
+        # the worker survived, caught up, and still projects what comes after
+        assert post("after") == 200
+        wait_for(lambda: projected_up_to_head(url), timeout=30)
+        assert worker.process.poll() is None, "the worker must survive a database outage"
+    finally:
+        worker.stop()
+        web.stop()
+        proxy.cut()
+    _assert_each_message_once(url, "dbdown", len(answers) + 2)
