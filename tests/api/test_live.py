@@ -17,6 +17,9 @@ import pytest
 import redis
 import websocket
 
+from events.pool import Pool
+from events.store import EventStore
+from events.webhook import parse_webhook
 from pipeline import fanout
 from projections.runner import FeedItem
 from tests.conftest import (
@@ -731,3 +734,46 @@ def test_a_change_posted_to_one_web_replica_reaches_sockets_on_another(
         one.stop()
         two.stop()
         worker.stop()
+
+
+def test_a_live_socket_keeps_every_change_once_through_a_database_outage_of_its_web(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    # given: a web whose database connections we can cut, and a socket live on it; another
+    # web instance (here: the store directly) and the worker keep their database
+    proxy = TcpProxy(5432)
+    web = start_web(url.replace(":5432/", f":{proxy.port}/"), API_TOKENS=TOKENS)
+    worker = start_worker(url)
+    store = EventStore(Pool(url, size=1))
+    try:
+        ws = _connect(web, "alpha", "tok-a", after=0)
+        _frames_until(ws, lambda fs: fs[-1]["type"] == "live")
+        store.append([parse_webhook(_upsert("alpha", "UP0"))])
+        _frames_until(ws, lambda fs: "UP0" in _created_keys(fs))
+        # when: that web loses its database while changes go on, and gets it back
+        proxy.cut()
+        store.append([parse_webhook(_upsert("alpha", f"DOWN{i}")) for i in range(5)])
+        wait_for(lambda: projected_up_to_head(url))
+        # a client connecting meanwhile is told to come back later
+        late = _connect(web, "alpha", "tok-a", after=1)
+        assert int.from_bytes(_read_until_close(late)[1][:2], "big") == 1013
+        proxy = proxy.restore()
+        wait_for(lambda: web.request("GET", "/health/ready").status == 200, timeout=30)
+        for i in range(5):
+            assert web.post_webhook(_upsert("alpha", f"BACK{i}")).status == 200
+        # then: the live socket got every change once, in order, and so does the late one
+        expected = [f"DOWN{i}" for i in range(5)] + [f"BACK{i}" for i in range(5)]
+        frames = _frames_until(ws, lambda fs: len(_created_keys(fs)) == 10)
+        again = _connect(web, "alpha", "tok-a", after=1)
+        late_frames = _frames_until(again, lambda fs: len(_created_keys(fs)) == 10)
+        ws.close()
+        again.close()
+    finally:
+        web.stop()
+        worker.stop()
+        proxy.cut()
+    assert _created_keys(frames) == expected
+    assert _created_keys(late_frames) == expected
+    _assert_strictly_increasing(frames)
+    _assert_strictly_increasing(late_frames)
