@@ -218,7 +218,8 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
         print(f"dry run: {outcome.events} events built into the shadow; nothing swapped")
     else:
         print(
-            f"rebuilt {args.name} from {outcome.events} events and swapped it in;"
+            f"rebuilt {args.name} from {outcome.events} events and swapped it in"
+            f" (the live projection waited {outcome.locked_seconds:.1f} s);"
             f" {outcome.feed_changes} feed changes"
         )
     return 0

@@ -90,5 +90,6 @@ def run_in_worker(settings: Settings, name: str, stopping: Callable[[], bool]) -
         log.info("rebuild already running elsewhere", extra={"fields": {"projection": name}})
         return "running"
     publish(settings, outcome)
-    log.info("rebuild " + outcome.state, extra={"fields": {"projection": name}})
+    fields = {"projection": name, "locked_seconds": round(outcome.locked_seconds, 2)}
+    log.info("rebuild " + outcome.state, extra={"fields": fields})
     return outcome.state

@@ -5,12 +5,17 @@
    with the shadow's checkpoint (the `rebuilds` row), so an interrupted rebuild resumes.
    The shadow never reads past the live checkpoint, and it writes no feed: the live
    projection keeps serving reads and projecting new events meanwhile.
-2. Swap, in one transaction under the projection's advisory lock (the live runner pauses
-   there): apply the last events up to the live checkpoint, compare shadow and live, report
-   the summary (a dry run stops here, keeping the shadow for the real run), append one feed
-   change per differing message or chat with cursors after the live head, then drop the live
-   tables and rename the shadows in their place. Readers wait only for the renames (a
-   catalog change) and then see the whole new projection; the checkpoint does not move.
+2. Compare, before taking the projection's lock: note the keys whose rows differ between
+   shadow and live, and the oldest transaction that comparison's snapshot did not see.
+3. Swap, in one transaction under the projection's advisory lock (the live runner pauses
+   there): apply the last events up to the live checkpoint, compare again only the noted
+   keys and those of rows written since (a row's xmin says when), report the summary (a dry
+   run stops here, keeping the shadow for the real run), append one feed change per
+   differing message or chat with cursors after the live head, then drop the live tables and
+   rename the shadows in their place. Readers wait only for the renames (a catalog change)
+   and then see the whole new projection; the checkpoint does not move. The live runner
+   waits for a scan of the tables, not for a comparison of them (~0.5 s instead of ~6 s for
+   800,000 messages).
 
 The `media` table is shared, not rebuilt from scratch: its ids are public (`GET
 /api/media/{id}`) and its storage state comes from uploads, not from events. The shadow
@@ -95,6 +100,8 @@ class Outcome:
     summary: Summary | None = None
     feed: list[FeedItem] = field(default_factory=list)
     feed_changes: int = 0
+    # How long the swap held the projection's lock: the live projection waited that long.
+    locked_seconds: float = 0.0
 
 
 Progress = Callable[[int, int], None]
@@ -128,7 +135,8 @@ def run(
             return Outcome("paused", done)
         for attempt in range(1, SWAP_ATTEMPTS + 1):
             try:
-                return _swap(conn, name, dry_run, on_summary, batch, done)
+                since = _note_differences(conn)
+                return _swap(conn, name, dry_run, on_summary, batch, done, since)
             except psycopg2.errors.LockNotAvailable as error:
                 conn.rollback()
                 log.warning("swap could not take its locks", extra={"fields": {"try": attempt}})
@@ -240,6 +248,46 @@ def _build(
     return done
 
 
+def _note_differences(conn: Any) -> int:
+    """Note in _DIFFERING the keys whose rows differ between the live tables and the shadow,
+    without the projection's lock; return the oldest transaction id that comparison did not
+    see. Every row written after it has an xmin at or past that id (or past it modulo 2^32,
+    since xmin is its low 32 bits), so the swap need compare only these keys and those rows.
+    """
+    with conn, conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        since = int(cur.fetchone()[0])
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_DIFFERING} (kind text, instance text, key text)"
+            f" ON COMMIT PRESERVE ROWS; TRUNCATE {_DIFFERING}"
+        )
+        for live, shadow in PAIRS:
+            key = _KEYS[live]
+            differs = " OR ".join(f"l.{c} IS DISTINCT FROM s.{c}" for c in _COMPARED[live])
+            cur.execute(
+                f"INSERT INTO {_DIFFERING} SELECT %s, coalesce(l.instance, s.instance),"
+                f" coalesce(l.{key}, s.{key}) FROM {live} l FULL JOIN {shadow} s"
+                f" ON l.instance = s.instance AND l.{key} = s.{key}"
+                f" WHERE l.{key} IS NULL OR s.{key} IS NULL OR {differs}",
+                (_KIND[live],),
+            )
+    return since
+
+
+def _note_written_since(cur: Any, since: int) -> None:
+    """Add to _DIFFERING the keys of rows written, on either side, since `since`."""
+    cur.execute("SELECT pg_current_xact_id()::text")
+    span = int(cur.fetchone()[0]) - since
+    for live, shadow in PAIRS:
+        for table in (live, shadow):
+            cur.execute(
+                f"INSERT INTO {_DIFFERING} SELECT %s, instance, {_KEYS[live]} FROM {table}"
+                " WHERE (xmin::text::bigint - %s + 4294967296) %% 4294967296 <= %s",
+                (_KIND[live], since % 2**32, span),
+            )
+
+
 def _swap(
     conn: Any,
     name: str,
@@ -247,19 +295,22 @@ def _swap(
     on_summary: Callable[[Summary], None],
     batch: int,
     done: int,
+    since: int,
 ) -> Outcome:
     with conn, conn.cursor() as cur:
         cur.execute("SET LOCAL lock_timeout = '10s'")
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(name),))
+        locked_at = time.monotonic()
         live = _live_checkpoint(cur)
         while applied := _apply_shadow_batch(cur, name, live, batch):
             done += applied
         _refresh_media_status(cur)
+        _note_written_since(cur, since)
         summary = _summarise(cur)
         on_summary(summary)
         if dry_run:
             _finish(cur, name, "built", summary)
-            return Outcome("built", done, summary)
+            return Outcome("built", done, summary, locked_seconds=time.monotonic() - locked_at)
         feed, count = _emit_differences(cur)
         cur.execute("DELETE FROM parked WHERE projection = %s", (name,))
         cur.execute(
@@ -269,7 +320,7 @@ def _swap(
         for live_table, shadow in PAIRS:
             _replace(cur, live_table, shadow)
         _finish(cur, name, "done", summary)
-    return Outcome("done", done, summary, feed, count)
+    return Outcome("done", done, summary, feed, count, time.monotonic() - locked_at)
 
 
 # Taking the live tables for the renames: readers queue behind a waiting lock, so each try
@@ -353,6 +404,10 @@ def _refresh_media_status(cur: Any) -> None:
 
 
 _KEYS = {"messages": "key_id", "message_holds": "key_id", "chats": "chat_jid"}
+# The keys to compare at the swap, of two kinds: a message's (its messages row and its hold
+# share them: a hold is deleted only where its message's row is written) and a chat's.
+_DIFFERING = "zapline_rebuild_differing"
+_KIND = {"messages": "message", "message_holds": "message", "chats": "chat"}
 # What readers see of a row: its data, and the columns that place and order it.
 _COMPARED = {
     "messages": ("data", "chat_jid", "sent_at"),
@@ -361,18 +416,25 @@ _COMPARED = {
 }
 
 
+def _candidates(kind: str) -> str:
+    """The distinct keys of a kind noted in _DIFFERING, as a FROM item `k`."""
+    return f"(SELECT DISTINCT instance, key FROM {_DIFFERING} WHERE kind = '{kind}') k"
+
+
 def _summarise(cur: Any) -> Summary:
+    """Count what differs: only noted keys can (see _note_differences)."""
     summary = Summary()
     for live, shadow in PAIRS:
         key, columns = _KEYS[live], _COMPARED[live]
         differs = " OR ".join(f"l.{c} IS DISTINCT FROM s.{c}" for c in columns)
         cur.execute(
-            f"SELECT count(*) FILTER (WHERE l.{key} IS NULL),"
-            f" count(*) FILTER (WHERE s.{key} IS NULL),"
+            f"SELECT count(s.{key}) FILTER (WHERE l.{key} IS NULL),"
+            f" count(l.{key}) FILTER (WHERE s.{key} IS NULL),"
             f" count(*) FILTER (WHERE l.{key} IS NOT NULL AND s.{key} IS NOT NULL"
             f" AND ({differs}))"
-            f" FROM {live} l FULL JOIN {shadow} s"
-            f" ON l.instance = s.instance AND l.{key} = s.{key}"
+            f" FROM {_candidates(_KIND[live])}"
+            f" LEFT JOIN {live} l ON l.instance = k.instance AND l.{key} = k.key"
+            f" LEFT JOIN {shadow} s ON s.instance = k.instance AND s.{key} = k.key"
         )
         added, removed, changed = cur.fetchone()
         summary.tables[live] = {"added": added, "removed": removed, "changed": changed}
@@ -383,10 +445,12 @@ def _emit_differences(cur: Any) -> tuple[list[FeedItem], int]:
     """Append a feed change for every message and chat the shadow adds or changes."""
     queries = (
         f"SELECT CASE WHEN l.key_id IS NULL THEN 'message.created' ELSE 'message.updated' END,"
-        f" s.instance, s.key_id, s.data::text FROM {SHADOW.messages} s LEFT JOIN messages l"
-        " ON l.instance = s.instance AND l.key_id = s.key_id"
+        f" s.instance, s.key_id, s.data::text FROM {_candidates('message')}"
+        f" JOIN {SHADOW.messages} s ON s.instance = k.instance AND s.key_id = k.key"
+        " LEFT JOIN messages l ON l.instance = s.instance AND l.key_id = s.key_id"
         " WHERE l.key_id IS NULL OR l.data <> s.data ORDER BY s.position, s.instance, s.key_id",
-        f"SELECT 'chat.updated', s.instance, s.chat_jid, s.data::text FROM {SHADOW.chats} s"
+        f"SELECT 'chat.updated', s.instance, s.chat_jid, s.data::text FROM {_candidates('chat')}"
+        f" JOIN {SHADOW.chats} s ON s.instance = k.instance AND s.chat_jid = k.key"
         " LEFT JOIN chats l ON l.instance = s.instance AND l.chat_jid = s.chat_jid"
         " WHERE l.chat_jid IS NULL OR l.data <> s.data ORDER BY s.instance, s.chat_jid",
     )

@@ -21,6 +21,7 @@ from events.store import EventStore
 from events.webhook import parse_webhook
 from projections import rebuild
 from projections.catchup import catch_up
+from projections.runner import lock_id
 from tests.conftest import (
     ROOT,
     drop_database,
@@ -435,3 +436,50 @@ def test_an_event_the_database_refuses_is_parked_and_the_rebuild_completes(histo
     [(error,)] = sql(url, "SELECT error FROM parked WHERE projection = 'messages'")
     assert "no_m7" in error
     assert sql(url, "SELECT count(*) FROM messages") == before
+
+
+def test_rows_written_after_the_comparison_and_before_the_swap_are_compared_too(
+    history: str,
+) -> None:
+    # The swap compares, under the projection's lock, only the keys an earlier comparison
+    # found different and those of rows written since: a change made in between must count.
+    url = history
+    holder = psycopg2.connect(url)
+    holder.autocommit = True
+    try:
+        # given: a rebuild that has compared shadow and live and waits for the lock we hold
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (lock_id("messages"),))
+        feed_head = sql(url, "SELECT cursor FROM feed_heads WHERE instance = 'rb1'")[0][0]
+        running = _cli(url, "rebuild", "messages")
+        wait_for(
+            lambda: sql(
+                url,
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE l.locktype = 'advisory' AND NOT l.granted"
+                " AND d.datname = current_database()",
+            )[0][0],
+            timeout=60,
+            interval=0.01,
+        )
+        # when: live rows change meanwhile: one corrupted, one that no event made
+        with holder.cursor() as cur:
+            cur.execute(
+                "UPDATE messages SET data = jsonb_set(data, '{text}', '\"wrong\"')"
+                " WHERE instance = 'rb1' AND key_id = 'M47';"
+                " INSERT INTO messages (instance, key_id, chat_jid, sent_at, data, meta, position)"
+                " SELECT instance, 'STRAY', chat_jid, sent_at, data, meta, position"
+                " FROM messages WHERE instance = 'rb1' AND key_id = 'M51'"
+            )
+            cur.execute("SELECT pg_advisory_unlock(%s)", (lock_id("messages"),))
+        out, err = running.communicate(timeout=120)
+    finally:
+        holder.close()
+    # then: the swap saw both, and told clients about the corrected message
+    assert running.returncode == 0, err
+    assert "messages: 0 added, 1 removed, 1 changed" in out
+    assert "(the live projection waited " in out
+    assert sql(
+        url, "SELECT key, kind FROM feed WHERE instance = 'rb1' AND cursor > %s", (feed_head,)
+    ) == [("M47", "message.updated")]
+    assert _projection(url) == _fresh_projection_of(url)
