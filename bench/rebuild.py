@@ -243,6 +243,7 @@ def main() -> None:
             raise SystemExit(f"rebuild failed: {done.stderr}")
         rebuilt = int(re.search(r"from (\d+) events", done.stdout).group(1))  # type: ignore[union-attr]
         swap = re.findall(r"(\d+)/(\d+) \((\d+)/s", done.stderr)
+        waited = float(re.search(r"waited ([\d.]+) s", done.stdout).group(1))  # type: ignore[union-attr]
     finally:
         if web is not None:
             web.stop()
@@ -255,6 +256,7 @@ def main() -> None:
     rows = [
         ("rebuild total", f"{total:.1f} s", "< 90 s", total < 90),
         ("events/s", f"{rebuilt / total:,.0f}", ">= 11,111", rebuilt / total >= 1_000_000 / 90),
+        ("live projection waiting for the swap", f"{waited:.1f} s", "", None),
         ("read p99 idle", f"{idle_p99:.1f} ms", "", None),
         (
             "read p99 during",
