@@ -60,7 +60,7 @@ class Pool:
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
             self._discard(conn)
             conn = None
-            raise StoreUnavailable(first_line(error)) from error
+            raise StoreUnavailable(first_line(_cause(error))) from error
         except psycopg2.errors.UndefinedTable as error:
             # Up, but not migrated (yet): as unavailable as down, for web and CLI alike.
             raise StoreUnavailable(
@@ -167,3 +167,12 @@ def _deadline(seconds: float) -> Iterator[None]:
     timeout = gevent.Timeout(seconds, _Timeout(f"no answer within {seconds:g} s"))
     with timeout:
         yield
+
+
+def _cause(error: Exception) -> Exception:
+    """The error to report: psycopg2's `with conn` rolls back a connection the server closed
+    and raises "connection already closed" over the error that says what happened."""
+    context = error.__context__
+    if isinstance(error, psycopg2.InterfaceError) and isinstance(context, psycopg2.Error):
+        return context
+    return error

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import psycopg2
 
-from events.errors import ZaplineError, first_line
+from events.errors import StoreUnavailable, ZaplineError, first_line
 from pipeline import logs
 from pipeline.config import Settings
 from projections import PROJECTION_NAMES
@@ -196,23 +196,28 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from projections import catchup, rebuild
 
     catchup.freeze_start_up_objects()
-    with rebuilds.connection(settings) as conn:
-        if args.discard:
-            found = rebuild.discard(conn, args.name)
-            print(f"rebuild of {args.name}: " + ("shadow discarded" if found else "no shadow"))
-            return 0
-        progress = Progress("rebuild", 0)
-        outcome = rebuild.run(
-            conn,
-            args.name,
-            dry_run=args.dry_run,
-            batch=max(args.batch, 1),
-            progress=progress.update,
-            on_summary=lambda summary: print(
-                f"differences (shadow vs live): {summary.render()}", flush=True
-            ),
-        )
-        progress.done()
+    try:
+        with rebuilds.connection(settings) as conn:
+            if args.discard:
+                found = rebuild.discard(conn, args.name)
+                print(f"rebuild of {args.name}: " + ("shadow discarded" if found else "no shadow"))
+                return 0
+            progress = Progress("rebuild", 0)
+            outcome = rebuild.run(
+                conn,
+                args.name,
+                dry_run=args.dry_run,
+                batch=max(args.batch, 1),
+                progress=progress.update,
+                on_summary=lambda summary: print(
+                    f"differences (shadow vs live): {summary.render()}", flush=True
+                ),
+            )
+            progress.done()
+    except StoreUnavailable as error:
+        raise StoreUnavailable(
+            f"{error}; a rebuild resumes from its shadow when run again"
+        ) from error
     rebuilds.publish(settings, outcome)
     if outcome.state == "built":
         print(f"dry run: {outcome.events} events built into the shadow; nothing swapped")

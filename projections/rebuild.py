@@ -145,7 +145,9 @@ def run(
                 done = _build(conn, name, done, total, progress, should_stop, batch)
         raise AssertionError("not reached")
     except Exception as error:
-        conn.rollback()
+        # A lost connection cannot roll back: its error is not the one to report.
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()
         _set_failed(conn, name, error)
         raise
     finally:

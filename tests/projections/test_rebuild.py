@@ -32,6 +32,7 @@ from tests.conftest import (
     start_worker,
     wait_for,
 )
+from tests.netutil import TcpProxy
 
 pytestmark = pytest.mark.services
 
@@ -482,4 +483,37 @@ def test_rows_written_after_the_comparison_and_before_the_swap_are_compared_too(
     assert sql(
         url, "SELECT key, kind FROM feed WHERE instance = 'rb1' AND cursor > %s", (feed_head,)
     ) == [("M47", "message.updated")]
+    assert _projection(url) == _fresh_projection_of(url)
+
+
+def test_a_rebuild_that_loses_its_database_says_so_in_one_line_and_resumes(history: str) -> None:
+    url = history
+    proxy = TcpProxy(5432)
+    through = url.replace(":5432/", f":{proxy.port}/")
+    # given: a rebuild part-way through its shadow build
+    first = _cli(through, "rebuild", "messages", "--batch", "50")
+    try:
+        wait_for(
+            lambda: (sql(url, "SELECT events_done FROM rebuilds") or [(0,)])[0][0] >= 1000,
+            timeout=60,
+            interval=0.01,
+        )
+        # when: the database goes away (a restart, a failover)
+        proxy.cut()
+        out, err = first.communicate(timeout=60)
+    finally:
+        proxy.cut()
+        if first.poll() is None:
+            first.kill()
+    # then: it ends saying what happened and what to do, not with a traceback
+    assert first.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "error: server closed the connection unexpectedly;"
+        " a rebuild resumes from its shadow when run again"
+    )
+    # and a second run resumes its shadow and finishes with a correct result
+    again = _run(url, "rebuild", "messages")
+    assert again.returncode == 0, again.stderr
+    [(state, done)] = sql(url, "SELECT state, events_done FROM rebuilds")
+    assert (state, done) == ("done", 6000)
     assert _projection(url) == _fresh_projection_of(url)
