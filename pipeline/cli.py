@@ -71,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--discard", action="store_true", help="drop a shadow left by a dry or interrupted run"
     )
     rebuild.add_argument(
-        "--batch", type=_position, default=10_000, metavar="N", help="events per shadow transaction"
+        "--batch",
+        type=_position,
+        metavar="N",
+        help="events per shadow transaction (default 20,000)",
     )
     commands.add_parser("dev", help="run everything locally in the foreground (make run)")
     args = parser.parse_args(argv)
@@ -207,7 +210,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
                 conn,
                 args.name,
                 dry_run=args.dry_run,
-                batch=max(args.batch, 1),
+                batch=rebuild.BATCH if args.batch is None else max(args.batch, 1),
                 progress=progress.update,
                 on_summary=lambda summary: print(
                     f"differences (shadow vs live): {summary.render()}", flush=True
