@@ -281,15 +281,18 @@ def _note_differences(conn: Any) -> int:
 
 
 def _note_written_since(cur: Any, since: int) -> None:
-    """Add to _DIFFERING the keys of rows written, on either side, since `since`."""
-    cur.execute("SELECT pg_current_xact_id()::text")
-    span = int(cur.fetchone()[0]) - since
+    """Add to _DIFFERING the keys of rows written, on either side, since transaction `since`:
+    rows whose xmin follows it or is it, compared as PostgreSQL compares transaction ids (the
+    low 32 bits, modulo 2^32, within 2^31; the permanent ids below 3, frozen rows', precede
+    all). No upper bound: this transaction's subtransactions (savepoints) have ids past its
+    own, and past any snapshot's xmax."""
     for live, shadow in PAIRS:
         for table in (live, shadow):
             cur.execute(
                 f"INSERT INTO {_DIFFERING} SELECT %s, instance, {_KEYS[live]} FROM {table}"
-                " WHERE (xmin::text::bigint - %s + 4294967296) %% 4294967296 <= %s",
-                (_KIND[live], since % 2**32, span),
+                " WHERE xmin::text::bigint >= 3"
+                " AND (xmin::text::bigint - %s + 4294967296) %% 4294967296 < 2147483648",
+                (_KIND[live], since % 2**32),
             )
 
 

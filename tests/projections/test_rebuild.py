@@ -517,3 +517,48 @@ def test_a_rebuild_that_loses_its_database_says_so_in_one_line_and_resumes(histo
     [(state, done)] = sql(url, "SELECT state, events_done FROM rebuilds")
     assert (state, done) == ("done", 6000)
     assert _projection(url) == _fresh_projection_of(url)
+
+
+def test_a_row_only_the_shadow_writes_while_the_swap_waits_is_compared_too(history: str) -> None:
+    # The swap's own last batch writes shadow rows in subtransactions (savepoints), whose ids
+    # come after its own: the rows written since the comparison must include them.
+    url = history
+    holder = psycopg2.connect(url)
+    holder.autocommit = True
+    try:
+        # given: a rebuild that has compared shadow and live and waits for the lock we hold
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (lock_id("messages"),))
+        feed_head = sql(url, "SELECT cursor FROM feed_heads WHERE instance = 'rb1'")[0][0]
+        running = _cli(url, "rebuild", "messages")
+        wait_for(
+            lambda: sql(
+                url,
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE l.locktype = 'advisory' AND NOT l.granted"
+                " AND d.datname = current_database()",
+            )[0][0],
+            timeout=60,
+            interval=0.01,
+        )
+        # when: an event arrives that the live projection passes over without a change (as
+        # old code would), and only the swap's last batch applies it, to the shadow
+        _append(url, [_status("rb1", "M51", "PLAYED")])
+        with holder.cursor() as cur:
+            cur.execute(
+                "UPDATE checkpoints c SET txid = e.txid::text::bigint, position = e.position"
+                " FROM events e"
+                " WHERE c.projection = 'messages'"
+                " AND e.position = (SELECT max(position) FROM events)"
+            )
+            cur.execute("SELECT pg_advisory_unlock(%s)", (lock_id("messages"),))
+        out, err = running.communicate(timeout=120)
+    finally:
+        holder.close()
+    # then: the swap counted it and told clients
+    assert running.returncode == 0, err
+    assert "messages: 0 added, 0 removed, 1 changed" in out
+    assert sql(
+        url, "SELECT key, kind FROM feed WHERE instance = 'rb1' AND cursor > %s", (feed_head,)
+    ) == [("M51", "message.updated")]
+    assert sql(url, "SELECT data->>'status' FROM messages WHERE key_id = 'M51'") == [("played",)]
