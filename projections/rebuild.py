@@ -283,8 +283,9 @@ def _note_differences(conn: Any) -> int:
 def _note_written_since(cur: Any, since: int) -> None:
     """Add to _DIFFERING the keys of rows written, on either side, since transaction `since`:
     rows whose xmin follows it or is it, compared as PostgreSQL compares transaction ids (the
-    low 32 bits, modulo 2^32, within 2^31; the permanent ids below 3, frozen rows', precede
-    all). No upper bound: this transaction's subtransactions (savepoints) have ids past its
+    low 32 bits, modulo 2^32, within 2^31; the permanent ids below 3 precede all). A row
+    frozen more than 2^31 transactions ago may count too: one comparison more, never one
+    less. No upper bound: this transaction's subtransactions (savepoints) have ids past its
     own, and past any snapshot's xmax."""
     for live, shadow in PAIRS:
         for table in (live, shadow):
