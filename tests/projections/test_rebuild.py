@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
@@ -439,47 +439,58 @@ def test_an_event_the_database_refuses_is_parked_and_the_rebuild_completes(histo
     assert sql(url, "SELECT count(*) FROM messages") == before
 
 
+def _rebuild_while_its_swap_waits(
+    url: str, meanwhile: Callable[[Any], None]
+) -> subprocess.CompletedProcess[str]:
+    """Run a rebuild whose swap, having compared shadow and live, waits for the projection's
+    lock held here until `meanwhile(cursor)` has run (autocommit) on the holding session."""
+    holder = psycopg2.connect(url)
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (lock_id("messages"),))
+            running = _cli(url, "rebuild", "messages")
+            wait_for(
+                lambda: sql(
+                    url,
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                    " WHERE l.locktype = 'advisory' AND NOT l.granted"
+                    " AND d.datname = current_database()",
+                )[0][0],
+                timeout=60,
+                interval=0.01,
+            )
+            meanwhile(cur)
+            cur.execute("SELECT pg_advisory_unlock(%s)", (lock_id("messages"),))
+        out, err = running.communicate(timeout=120)
+    finally:
+        holder.close()
+    return subprocess.CompletedProcess(running.args, running.returncode, out, err)
+
+
 def test_rows_written_after_the_comparison_and_before_the_swap_are_compared_too(
     history: str,
 ) -> None:
     # The swap compares, under the projection's lock, only the keys an earlier comparison
     # found different and those of rows written since: a change made in between must count.
     url = history
-    holder = psycopg2.connect(url)
-    holder.autocommit = True
-    try:
-        # given: a rebuild that has compared shadow and live and waits for the lock we hold
-        with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (lock_id("messages"),))
-        feed_head = sql(url, "SELECT cursor FROM feed_heads WHERE instance = 'rb1'")[0][0]
-        running = _cli(url, "rebuild", "messages")
-        wait_for(
-            lambda: sql(
-                url,
-                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-                " WHERE l.locktype = 'advisory' AND NOT l.granted"
-                " AND d.datname = current_database()",
-            )[0][0],
-            timeout=60,
-            interval=0.01,
+    feed_head = sql(url, "SELECT cursor FROM feed_heads WHERE instance = 'rb1'")[0][0]
+
+    # when: live rows change while the swap waits: one corrupted, one that no event made
+    def change_live_rows(cur: Any) -> None:
+        cur.execute(
+            "UPDATE messages SET data = jsonb_set(data, '{text}', '\"wrong\"')"
+            " WHERE instance = 'rb1' AND key_id = 'M47';"
+            " INSERT INTO messages (instance, key_id, chat_jid, sent_at, data, meta, position)"
+            " SELECT instance, 'STRAY', chat_jid, sent_at, data, meta, position"
+            " FROM messages WHERE instance = 'rb1' AND key_id = 'M51'"
         )
-        # when: live rows change meanwhile: one corrupted, one that no event made
-        with holder.cursor() as cur:
-            cur.execute(
-                "UPDATE messages SET data = jsonb_set(data, '{text}', '\"wrong\"')"
-                " WHERE instance = 'rb1' AND key_id = 'M47';"
-                " INSERT INTO messages (instance, key_id, chat_jid, sent_at, data, meta, position)"
-                " SELECT instance, 'STRAY', chat_jid, sent_at, data, meta, position"
-                " FROM messages WHERE instance = 'rb1' AND key_id = 'M51'"
-            )
-            cur.execute("SELECT pg_advisory_unlock(%s)", (lock_id("messages"),))
-        out, err = running.communicate(timeout=120)
-    finally:
-        holder.close()
+
+    rebuilt = _rebuild_while_its_swap_waits(url, change_live_rows)
     # then: the swap saw both, and told clients about the corrected message
-    assert running.returncode == 0, err
-    assert "messages: 0 added, 1 removed, 1 changed" in out
-    assert "(the live projection waited " in out
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "messages: 0 added, 1 removed, 1 changed" in rebuilt.stdout
+    assert "(the live projection waited " in rebuilt.stdout
     assert sql(
         url, "SELECT key, kind FROM feed WHERE instance = 'rb1' AND cursor > %s", (feed_head,)
     ) == [("M47", "message.updated")]
@@ -523,41 +534,22 @@ def test_a_row_only_the_shadow_writes_while_the_swap_waits_is_compared_too(histo
     # The swap's own last batch writes shadow rows in subtransactions (savepoints), whose ids
     # come after its own: the rows written since the comparison must include them.
     url = history
-    holder = psycopg2.connect(url)
-    holder.autocommit = True
-    try:
-        # given: a rebuild that has compared shadow and live and waits for the lock we hold
-        with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (lock_id("messages"),))
-        feed_head = sql(url, "SELECT cursor FROM feed_heads WHERE instance = 'rb1'")[0][0]
-        running = _cli(url, "rebuild", "messages")
-        wait_for(
-            lambda: sql(
-                url,
-                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-                " WHERE l.locktype = 'advisory' AND NOT l.granted"
-                " AND d.datname = current_database()",
-            )[0][0],
-            timeout=60,
-            interval=0.01,
-        )
-        # when: an event arrives that the live projection passes over without a change (as
-        # old code would), and only the swap's last batch applies it, to the shadow
+    feed_head = sql(url, "SELECT cursor FROM feed_heads WHERE instance = 'rb1'")[0][0]
+
+    # when: an event arrives that the live projection passes over without a change (as old
+    # code would), and only the swap's last batch applies it, to the shadow
+    def pass_over_an_event(cur: Any) -> None:
         _append(url, [_status("rb1", "M51", "PLAYED")])
-        with holder.cursor() as cur:
-            cur.execute(
-                "UPDATE checkpoints c SET txid = e.txid::text::bigint, position = e.position"
-                " FROM events e"
-                " WHERE c.projection = 'messages'"
-                " AND e.position = (SELECT max(position) FROM events)"
-            )
-            cur.execute("SELECT pg_advisory_unlock(%s)", (lock_id("messages"),))
-        out, err = running.communicate(timeout=120)
-    finally:
-        holder.close()
+        cur.execute(
+            "UPDATE checkpoints c SET txid = e.txid::text::bigint, position = e.position"
+            " FROM events e WHERE c.projection = 'messages'"
+            " AND e.position = (SELECT max(position) FROM events)"
+        )
+
+    rebuilt = _rebuild_while_its_swap_waits(url, pass_over_an_event)
     # then: the swap counted it and told clients
-    assert running.returncode == 0, err
-    assert "messages: 0 added, 0 removed, 1 changed" in out
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "messages: 0 added, 0 removed, 1 changed" in rebuilt.stdout
     assert sql(
         url, "SELECT key, kind FROM feed WHERE instance = 'rb1' AND cursor > %s", (feed_head,)
     ) == [("M51", "message.updated")]
