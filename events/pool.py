@@ -169,10 +169,12 @@ def _deadline(seconds: float) -> Iterator[None]:
         yield
 
 
-def _cause(error: Exception) -> Exception:
-    """The error to report: psycopg2's `with conn` rolls back a connection the server closed
-    and raises "connection already closed" over the error that says what happened."""
-    context = error.__context__
-    if isinstance(error, psycopg2.InterfaceError) and isinstance(context, psycopg2.Error):
-        return context
+def _cause(error: BaseException) -> BaseException:
+    """The error to report: psycopg2's `with conn` (or any rollback) on a connection the server
+    closed raises "connection already closed" over the error that says what happened, once
+    per block it leaves."""
+    while isinstance(error, psycopg2.InterfaceError) and isinstance(
+        error.__context__, psycopg2.Error
+    ):
+        error = error.__context__
     return error

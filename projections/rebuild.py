@@ -63,9 +63,10 @@ SHADOW = Tables(
     feed=False,
 )
 PAIRS = (("messages", SHADOW.messages), ("message_holds", SHADOW.holds), ("chats", SHADOW.chats))
-# Events per shadow transaction. Each writes every chat its events touch once: 1,000,000
-# events over 8,000 chats rebuilt in 52.8-55.3 s at 20,000, 65.4-71.4 s at 10,000 (a chat row
-# per 1.25 events) and no faster at 30,000-40,000, for 148 MB peak RSS against 106 MB.
+# Events per shadow transaction. Each writes every chat its events touch once: bench/rebuild.py
+# (1,000,000 events over 8,000 chats, under load) took 57.4 s at 20,000 against 74.9 s at
+# 10,000 (bench/RESULTS.md). By hand, without load: no faster at 30,000-40,000, and peak RSS
+# ~150 MB against ~110 MB at 10,000.
 BATCH = 20_000
 # Feed changes a swap hands back for live fan-out; beyond this, sockets fill from the feed.
 PUBLISH_AT_MOST = 10_000
