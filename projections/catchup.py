@@ -6,9 +6,10 @@ of the work (decoding, projecting, encoding) and PostgreSQL's (storing rows and 
 at the same time: the writing thread has little Python left to wait for the other thread's
 turn with the interpreter lock. That stays exactly-once because:
 
-- the writing connection holds the projection's lock for the whole run (released at least
-  every HOLD_SECONDS), so no other runner, replay or media update writes projection rows
-  meanwhile: what the planner loads is current, except what the batch in flight changes;
+- the writing connection holds the projection's lock for the whole run, so no other runner,
+  replay or media update writes projection rows meanwhile: what the planner loads is
+  current, except what the batch in flight changes. A run ends when the backlog does, or
+  once another session has waited for the lock and the run has held it HOLD_SECONDS;
 - that batch's changed states are handed on as an overlay and loaded from it instead;
 - each batch commits rows, feed and checkpoint in one transaction that first checks the
   checkpoint is where the previous batch left it.
@@ -27,8 +28,11 @@ from events.store import Cursor, read_after
 from projections import runner
 from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Rendered
 
-# How long one run keeps the projection's lock before letting others (media updates, replay)
-# have a turn.
+# How long one run keeps the projection's lock, at least, before it lets a session that waits
+# for it (a media update, replay, a rebuild's swap, another worker) have a turn. Nobody
+# waiting, it keeps the lock until the backlog is worked off: each run ends by waiting for its
+# last commit with nothing to plan meanwhile, which cost ~20% of catch-up when runs ended
+# every second (bench/RESULTS.md).
 HOLD_SECONDS = 1.0
 
 
@@ -135,8 +139,10 @@ def _overlapped(
         until = time.monotonic() + HOLD_SECONDS
         with ThreadPoolExecutor(1, thread_name_prefix="zapline-writer") as pool:
             try:
-                while not should_stop() and time.monotonic() < until:
+                while not should_stop():
                     with planner, planner.cursor() as cur:
+                        if time.monotonic() > until and _others_wait(cur):
+                            break
                         read = read_after(cur, cursor, runner.BATCH_SIZE)
                         if not read:
                             break
@@ -209,6 +215,11 @@ def _unlock(conn: Any) -> None:
         # connection has already lost it.
         with contextlib.suppress(Exception):
             conn.close()
+
+
+def _others_wait(cur: Any) -> bool:
+    """Whether another session waits for the projection's lock."""
+    return runner.lock_listed(cur, runner.lock_id(PROJECTION), granted=False)
 
 
 def _checkpoint(conn: Any) -> Cursor:

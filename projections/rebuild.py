@@ -51,6 +51,7 @@ from projections.runner import (
     append_feed,
     apply_or_park,
     lock_id,
+    lock_listed,
 )
 
 log = logging.getLogger("zapline.rebuild")
@@ -184,12 +185,7 @@ def discard(conn: Any, name: str = PROJECTION) -> bool:
 
 def is_running(cur: Any, name: str = PROJECTION) -> bool:
     """Whether some session holds the rebuild lock of `name`."""
-    cur.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND classid = 0 AND objid = %s::bigint::oid AND objsubid = 1)",
-        (_rebuild_lock(name),),
-    )
-    return bool(cur.fetchone()[0])
+    return lock_listed(cur, _rebuild_lock(name), granted=True)
 
 
 # --- phases ---------------------------------------------------------------------------------

@@ -89,6 +89,18 @@ def lock_id(projection: str) -> int:
     return zlib.crc32(f"zapline.projection.{projection}".encode())
 
 
+def lock_listed(cur: Any, key: int, *, granted: bool) -> bool:
+    """Whether a session of this database holds (`granted`) or waits for the advisory lock
+    `key`, a `lock_id`."""
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid = 0 AND objid = %s::bigint::oid AND objsubid = 1 AND granted = %s)",
+        (key, granted),
+    )
+    return bool(cur.fetchone()[0])
+
+
 # What the database refuses to store however often it is asked (a value out of range, a
 # constraint, a row too big for an index): a batch failing so would fail for ever.
 REFUSED = (psycopg2.DataError, psycopg2.IntegrityError, psycopg2.errors.ProgramLimitExceeded)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.services
 
 INSTANCE = "overlap"
+LOCK = runner.lock_id(runner.PROJECTION)
 # Each batch's commit waits this long after its rows are written, so the next batch is always
 # planned while they are still uncommitted.
 SLOW_COMMIT = """
@@ -127,14 +130,17 @@ def test_overlapped_batches_project_exactly_what_one_batch_after_another_does(
 ) -> None:
     overlapped, serial = two_databases
     monkeypatch.setattr(runner, "BATCH_SIZE", 3)
+    monkeypatch.setattr(catchup, "HOLD_SECONDS", 0.2)
     sql(overlapped, SLOW_COMMIT)
     # given: the same events in two databases, projected three at a time
     writer, planner = psycopg2.connect(overlapped), psycopg2.connect(overlapped)
     committed: list[int] = []
-    # when: one is planned ahead of each uncommitted batch, the other batch after batch
-    projected = catchup.catch_up(
-        writer, planner, after_commit=lambda batch: committed.append(batch.events)
-    )
+    # when: one is planned ahead of each uncommitted batch, while another session keeps
+    # asking for the projection's lock (as media updates do), the other batch after batch
+    with _lock_turns(overlapped) as turns:
+        projected = catchup.catch_up(
+            writer, planner, after_commit=lambda batch: committed.append(batch.events)
+        )
     conn = psycopg2.connect(serial)
     project_all(conn, serial)
     for c in (writer, planner, conn):
@@ -142,7 +148,10 @@ def test_overlapped_batches_project_exactly_what_one_batch_after_another_does(
     # then: every table, the feed and the checkpoint are identical
     total = len(_history())
     assert projected == sum(committed) == total
-    assert len(committed) >= total // 3 // 2, "several hold periods, each many batches"
+    assert len(committed) >= total // 3 // 2, "many batches"
+    # (the first batch runs on one connection: a backlog is known only once it comes back full)
+    mid_way = [position for position in turns if runner.BATCH_SIZE < position < total]
+    assert len(mid_way) >= 2, f"overlapped runs let the other session in mid-way: {turns}"
     assert _everything(overlapped) == _everything(serial)
     held = {
         k
@@ -152,6 +161,61 @@ def test_overlapped_batches_project_exactly_what_one_batch_after_another_does(
     }
     assert held == {"M-2", "M-1", "M40", "M41"}, "only updates whose message never came are held"
     assert sql(overlapped, "SELECT count(*) FROM media")[0][0] > 5
+
+
+@contextlib.contextmanager
+def _lock_turns(url: str) -> Iterator[list[int]]:
+    """Another session that takes the projection's lock again and again (at most 100 times,
+    waiting up to 20 s each) until the block ends; yields the checkpoint position it saw on
+    each turn."""
+    turns: list[int] = []
+    done = threading.Event()
+    conn = psycopg2.connect(url)
+
+    def take_turns() -> None:
+        while not done.is_set() and len(turns) < 100:
+            with conn, conn.cursor() as cur:
+                cur.execute("SET LOCAL lock_timeout = '20s'")
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+                cur.execute("SELECT position FROM checkpoints")
+                turns.append(cur.fetchone()[0])
+            done.wait(0.05)
+
+    thread = threading.Thread(target=take_turns)
+    thread.start()
+    try:
+        yield turns
+    finally:
+        done.set()
+        thread.join(30)
+        conn.close()
+
+
+def test_with_nobody_waiting_for_the_lock_one_run_keeps_it_through_the_backlog(
+    two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = two_databases
+    monkeypatch.setattr(runner, "BATCH_SIZE", 3)
+    monkeypatch.setattr(catchup, "HOLD_SECONDS", 0.0)
+    sql(url, SLOW_COMMIT)
+    runs: list[int] = []
+    overlapped = catchup._overlapped
+
+    def counted(*args: Any) -> tuple[int, Any]:
+        done, cursor = overlapped(*args)
+        runs.append(done)
+        return done, cursor
+
+    monkeypatch.setattr(catchup, "_overlapped", counted)
+    writer, planner = psycopg2.connect(url), psycopg2.connect(url)
+    # when: a backlog of many batches is worked off, and no one else asks for the lock
+    projected = catchup.catch_up(writer, planner)
+    writer.close()
+    planner.close()
+    # then: after the first batch (on one connection: no backlog was known yet), one run under
+    # the lock did the rest; it never stopped to wait out a commit with nothing planned
+    assert projected == len(_history())
+    assert [n for n in runs if n] == [projected - runner.BATCH_SIZE]
 
 
 def test_a_second_runner_is_busy_while_an_overlapped_run_holds_the_projection(

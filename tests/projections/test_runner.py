@@ -14,7 +14,7 @@ from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
 from projections import catchup, messages, runner
-from tests.conftest import project_all, sql
+from tests.conftest import project_all, sql, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -179,3 +179,34 @@ def test_a_batch_waits_for_the_projection_lock_another_runner_holds(
     assert done == [1] and sql(url, "SELECT count(*) FROM messages") == [(1,)]
     holder.close()
     waiter.close()
+
+
+def test_a_lock_is_listed_held_or_waited_for_only_in_its_own_database(
+    fresh_database_url: str, database_url: str
+) -> None:
+    url, other = fresh_database_url, database_url
+    key = runner.lock_id(runner.PROJECTION)
+    holder, waiter, here, elsewhere = (psycopg2.connect(u) for u in (url, url, url, other))
+
+    def listed(conn: Any, *, granted: bool) -> bool:
+        with conn, conn.cursor() as cur:
+            return runner.lock_listed(cur, key, granted=granted)
+
+    # given: a session holding the projection's lock and another waiting for it, in one
+    # database of a server that holds another database too
+    catchup._lock(holder, wait=True)
+    thread = threading.Thread(target=catchup._lock, args=(waiter, True))
+    try:
+        thread.start()
+        assert wait_for(lambda: listed(here, granted=False))
+        # then: both are listed there, and neither in the other database (advisory lock keys
+        # are per database: there they are nobody's)
+        assert listed(here, granted=True)
+        assert not listed(elsewhere, granted=True) and not listed(elsewhere, granted=False)
+    finally:
+        catchup._unlock(holder)
+        thread.join(15)
+    catchup._unlock(waiter)
+    assert not listed(here, granted=True) and not listed(here, granted=False)
+    for conn in (holder, waiter, here, elsewhere):
+        conn.close()
