@@ -184,7 +184,7 @@ def discard(conn: Any, name: str = PROJECTION) -> bool:
 
 
 def is_running(cur: Any, name: str = PROJECTION) -> bool:
-    """Whether some session holds the rebuild lock of `name`."""
+    """Whether a session of this database holds the rebuild lock of `name`."""
     return lock_listed(cur, _rebuild_lock(name), granted=True)
 
 
@@ -266,12 +266,11 @@ def _note_differences(conn: Any) -> int:
         )
         for live, shadow in PAIRS:
             key = _KEYS[live]
-            differs = " OR ".join(f"l.{c} IS DISTINCT FROM s.{c}" for c in _COMPARED[live])
             cur.execute(
                 f"INSERT INTO {_DIFFERING} SELECT %s, coalesce(l.instance, s.instance),"
                 f" coalesce(l.{key}, s.{key}) FROM {live} l FULL JOIN {shadow} s"
                 f" ON l.instance = s.instance AND l.{key} = s.{key}"
-                f" WHERE l.{key} IS NULL OR s.{key} IS NULL OR {differs}",
+                f" WHERE l.{key} IS NULL OR s.{key} IS NULL OR {_differs(live)}",
                 (_KIND[live],),
             )
     return since
@@ -422,6 +421,11 @@ _COMPARED = {
 }
 
 
+def _differs(live: str) -> str:
+    """SQL that is true where a live row `l` and its shadow `s` differ as readers see them."""
+    return " OR ".join(f"l.{c} IS DISTINCT FROM s.{c}" for c in _COMPARED[live])
+
+
 def _candidates(kind: str) -> str:
     """The distinct keys of a kind noted in _DIFFERING, as a FROM item `k`."""
     return f"(SELECT DISTINCT instance, key FROM {_DIFFERING} WHERE kind = '{kind}') k"
@@ -431,13 +435,12 @@ def _summarise(cur: Any) -> Summary:
     """Count what differs: only noted keys can (see _note_differences)."""
     summary = Summary()
     for live, shadow in PAIRS:
-        key, columns = _KEYS[live], _COMPARED[live]
-        differs = " OR ".join(f"l.{c} IS DISTINCT FROM s.{c}" for c in columns)
+        key = _KEYS[live]
         cur.execute(
             f"SELECT count(s.{key}) FILTER (WHERE l.{key} IS NULL),"
             f" count(l.{key}) FILTER (WHERE s.{key} IS NULL),"
             f" count(*) FILTER (WHERE l.{key} IS NOT NULL AND s.{key} IS NOT NULL"
-            f" AND ({differs}))"
+            f" AND ({_differs(live)}))"
             f" FROM {_candidates(_KIND[live])}"
             f" LEFT JOIN {live} l ON l.instance = k.instance AND l.{key} = k.key"
             f" LEFT JOIN {shadow} s ON s.instance = k.instance AND s.{key} = k.key"
