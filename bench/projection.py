@@ -93,6 +93,8 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/zapline_bench_proje
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 TARGET_CATCH_UP = 15_000.0  # events/s, at least
+# Issue 3's read-only ceiling on the machine it set TARGET_CATCH_UP on.
+ISSUE_CEILING = 31_000.0
 TARGET_P50_MS = 20.0  # under
 TARGET_P99_MS = 100.0  # under
 
@@ -493,6 +495,30 @@ class CatchUpRun:
         return self.ceiling_events / self.ceiling_s if self.ceiling_s else 0.0
 
     @property
+    def cpu_per_event_us(self) -> float:
+        """CPU per event during catch_up: this process and PostgreSQL together."""
+        used = self.catch_up_usage.own_s + self.catch_up_usage.postgres_s
+        return 1e6 * used / self.catch_up_events if self.catch_up_events else 0.0
+
+    @property
+    def all_cores_rate(self) -> float:
+        """The rate catch_up's CPU per event allows with every core busy doing only it."""
+        cpu = self.cpu_per_event_us
+        return (os.cpu_count() or 1) * 1e6 / cpu if cpu else 0.0
+
+    def all_cores_summary(self) -> str:
+        share_needed = TARGET_CATCH_UP / ISSUE_CEILING
+        return (
+            f"catch_up used {self.cpu_per_event_us:.0f} us CPU per event (this process +"
+            f" PostgreSQL): with all {os.cpu_count()} cores busy doing nothing else, at most"
+            f" {self.all_cores_rate:,.0f} events/s, {self.all_cores_rate / self.ceiling_rate:.2f}"
+            f" of the ceiling. {share_needed:.2f} of it (issue 3's {TARGET_CATCH_UP:,.0f} against"
+            f" its ceiling of about {ISSUE_CEILING:,.0f}) would need at most"
+            f" {1e6 * (os.cpu_count() or 1) / (share_needed * self.ceiling_rate):.0f} us per"
+            " event here"
+        )
+
+    @property
     def instrumented_rate(self) -> float:
         return self.instrumented_events / self.instrumented_s if self.instrumented_s else 0.0
 
@@ -558,6 +584,7 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
         "  CPU during catch_up:",
         result.catch_up_usage.describe(result.catch_up_s, result.catch_up_events),
     )
+    print(f"  {result.all_cores_summary()}")
     result.table_sizes = [
         (name, size)
         for name, size in query(
@@ -989,6 +1016,8 @@ def render(
             f" {c.catch_up_usage.describe(c.catch_up_s, c.catch_up_events)}; on one connection:"
             f" {c.serial_usage.describe(c.serial_s, c.serial_events)} (a machine busier than"
             " this process + PostgreSQL means other work shared the cores).",
+            "",
+            f"Bound: {c.all_cores_summary()}.",
             "",
             f"Catch-up / ceiling = **{c.rate / c.ceiling_rate:.2f}**. After catch-up: "
             + ", ".join(f"{k} {v:,}" for k, v in c.counts.items())
