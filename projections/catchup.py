@@ -30,9 +30,9 @@ from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Rendered
 
 # How long one run keeps the projection's lock, at least, before it lets a session that waits
 # for it (a media update, replay, a rebuild's swap, another worker) have a turn. Nobody
-# waiting, it keeps the lock until the backlog is worked off: each run ends by waiting for its
-# last commit with nothing to plan meanwhile, which cost about a tenth of catch-up when runs
-# ended every second (bench/projection.py times both; 0.99-1.50x over four runs).
+# waiting, it keeps the lock until the backlog is worked off, since each run ends by waiting
+# for its last commit with nothing to plan meanwhile. bench/projection.py times that against
+# runs ending every second: 0.92-1.50x over six runs, no gain beyond this machine's noise.
 HOLD_SECONDS = 1.0
 
 
