@@ -83,6 +83,7 @@ from events.store import Cursor, EventStore, read_after  # noqa: E402
 from events.webhook import parse_webhook  # noqa: E402
 from pipeline import fanout  # noqa: E402
 from projections import catchup, runner  # noqa: E402
+from projections.tables import PROJECTION, Batch  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## Projection (bench/projection.py)"
@@ -279,7 +280,7 @@ def timed_catch_up(
     conn.rollback()
     commit = catchup._commit
 
-    def timed_commit(*args: Any) -> runner.Batch:
+    def timed_commit(*args: Any) -> Batch:
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             return commit(*args)
@@ -415,7 +416,7 @@ def instrumented_catch_up(url: str, expected: int) -> tuple[int, float, Phases, 
                 cur.execute(
                     "UPDATE checkpoints SET txid = %s, position = %s, updated_at = now()"
                     " WHERE projection = %s",
-                    (cursor.txid, cursor.position, runner.PROJECTION),
+                    (cursor.txid, cursor.position, PROJECTION),
                 )
                 t4 = time.perf_counter()
             conn.commit()

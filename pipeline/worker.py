@@ -21,7 +21,9 @@ from pipeline.config import Settings
 from pipeline.evolution import EvolutionMedia
 from pipeline.media import storage_from
 from pipeline.media_jobs import MediaJobs
-from projections import catchup, media, runner
+from projections import catchup, media
+from projections.feed import prune_feed
+from projections.tables import Batch
 
 log = logging.getLogger("zapline.worker")
 
@@ -95,7 +97,7 @@ class Projector:
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
 
-    def _after_commit(self, batch: runner.Batch) -> None:
+    def _after_commit(self, batch: Batch) -> None:
         self.checkpoint = batch.cursor
         self.projected += batch.events
         try:
@@ -130,7 +132,7 @@ class Projector:
     def _prune(self, conn: Any) -> None:
         if time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
             self._last_prune = time.monotonic()
-            removed = runner.prune_feed(conn)
+            removed = prune_feed(conn)
             if removed:
                 log.info("pruned feed", extra={"fields": {"rows": removed}})
 

@@ -26,7 +26,10 @@ from typing import Any
 
 from events.store import Cursor, read_after
 from projections import runner
-from projections.runner import NO_OVERLAY, PROJECTION, Batch, Busy, Rendered
+from projections.plan import NO_OVERLAY, plan_events
+from projections.runner import Busy
+from projections.tables import PROJECTION, Batch
+from projections.writer import Rendered, render, write_rendered
 
 # How long one run keeps the projection's lock, at least, before it lets a session that waits
 # for it (a media update, replay, a rebuild's swap, another worker) have a turn. Nobody
@@ -146,8 +149,8 @@ def _overlapped(
                         read = read_after(cur, cursor, runner.BATCH_SIZE)
                         if not read:
                             break
-                        plan = runner.plan_events(cur, [e for _, e in read], overlay=overlay)
-                    rendered = runner.render(plan)
+                        plan = plan_events(cur, [e for _, e in read], overlay=overlay)
+                    rendered = render(plan)
                     if pending is not None:
                         batch, pending = pending.result(), None
                         total += batch.events
@@ -184,7 +187,7 @@ def _commit(
         found = Cursor(*cur.fetchone())
         if found != start:
             raise Moved(f"checkpoint at {found}, expected {start}")
-        batch = runner.write_rendered(cur, rendered, written_before=written_before)
+        batch = write_rendered(cur, rendered, written_before=written_before)
         cur.execute(
             "UPDATE checkpoints SET txid = %s, position = %s, updated_at = now()"
             " WHERE projection = %s",

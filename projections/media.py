@@ -13,7 +13,8 @@ from typing import Any
 
 from events.jsontext import dumps
 from projections import runner
-from projections.runner import FeedItem
+from projections.feed import FeedItem, append_feed
+from projections.tables import PROJECTION
 
 STATES = ("pending", "stored", "failed")
 _COLUMNS = "id, instance, key_id, status, mimetype, size, sha256, attempts, reason"
@@ -91,8 +92,8 @@ def requeue(conn: Any, status: str, *, dry_run: bool = False) -> list[int]:
         if dry_run:
             cur.execute("SELECT id FROM media WHERE status = %s ORDER BY id", (status,))
             return [media_id for (media_id,) in cur.fetchall()]
-        # Before any media row lock, in the projector's order (runner.py locks, then upserts).
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (runner.lock_id(runner.PROJECTION),))
+        # Before any media row lock, in the projector's order: runner.py locks, writer.py upserts.
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (runner.lock_id(PROJECTION),))
         cur.execute(
             "UPDATE media SET status = 'pending', attempts = 0, updated_at = now()"
             f" WHERE status = %s RETURNING {_COLUMNS}",
@@ -138,7 +139,7 @@ def reasons(conn: Any, limit: int = 3) -> list[dict[str, Any]]:
 def _finish(conn: Any, media_id: int, update: str, params: tuple[Any, ...]) -> list[FeedItem]:
     with conn, conn.cursor() as cur:
         # The projector writes whole message rows it loaded under this lock (runner.py).
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (runner.lock_id(runner.PROJECTION),))
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (runner.lock_id(PROJECTION),))
         cur.execute(update, params)
         row = cur.fetchone()
         if row is None:  # another run got here first (Dramatiq delivers at least once)
@@ -170,6 +171,4 @@ def _publish(cur: Any, media: Media) -> list[FeedItem]:
         " WHERE instance = %s AND key_id = %s",
         (text, media.instance, media.key_id),
     )
-    return runner.append_feed(
-        cur, [("message.updated", (media.instance, media.key_id), message, text)]
-    )
+    return append_feed(cur, [("message.updated", (media.instance, media.key_id), message, text)])

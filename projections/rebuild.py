@@ -44,15 +44,9 @@ import psycopg2.extras
 from events.errors import ZaplineError
 from events.store import Cursor, read_after
 from projections.catchup import collector_paused
-from projections.runner import (
-    PROJECTION,
-    FeedItem,
-    Tables,
-    append_feed,
-    apply_or_park,
-    lock_id,
-    lock_listed,
-)
+from projections.feed import FeedItem, append_feed
+from projections.runner import apply_or_park, lock_id, lock_listed
+from projections.tables import PROJECTION, Tables
 
 log = logging.getLogger("zapline.rebuild")
 
@@ -72,7 +66,18 @@ BATCH = 20_000
 # Feed changes a swap hands back for live fan-out; beyond this, sockets fill from the feed.
 PUBLISH_AT_MOST = 10_000
 SWAP_ATTEMPTS = 3
-_SOURCES = ("messages.py", "chats.py", "payload.py", "runner.py", "rebuild.py")
+_SOURCES = (
+    "messages.py",
+    "chats.py",
+    "payload.py",
+    "tables.py",
+    "plan.py",
+    "writer.py",
+    "bulk.py",
+    "feed.py",
+    "runner.py",
+    "rebuild.py",
+)
 
 
 class RebuildError(ZaplineError):

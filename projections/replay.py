@@ -9,7 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from events.event import Event
-from projections.runner import PROJECTION, apply_or_park, lock_id
+from projections.runner import apply_or_park, lock_id
+from projections.tables import PROJECTION
 
 CHUNK = 1000
 

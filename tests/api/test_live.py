@@ -21,7 +21,7 @@ from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
 from pipeline import fanout
-from projections.runner import FeedItem
+from projections.feed import FeedItem
 from tests.conftest import (
     WEBHOOK_TOKEN,
     WebServer,

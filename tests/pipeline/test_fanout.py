@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from pipeline import fanout
-from projections.runner import FeedItem
+from projections.feed import FeedItem
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from projections.runner import FEED_KEEP_CHANGES, prune_feed
+from projections.feed import FEED_KEEP_CHANGES, prune_feed
 from tests.conftest import sql
 
 pytestmark = pytest.mark.services

@@ -21,8 +21,9 @@ from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
 from projections import runner
+from projections.feed import FeedItem
 from projections.media import record_stored
-from projections.runner import FeedItem
+from projections.tables import PROJECTION
 from tests.conftest import (
     ROOT,
     WebServer,
@@ -223,7 +224,7 @@ def test_storing_a_media_waits_while_a_projector_batch_holds_the_projection(
         [(media_id,)] = sql(url, "SELECT id FROM media WHERE key_id = 'LOCK1'")
         # and a projector batch in progress: its transaction holds the projection's lock
         with batch.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (runner.lock_id(runner.PROJECTION),))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (runner.lock_id(PROJECTION),))
         # when: the media actor records the media stored
         storing.start()
         storing.join(timeout=1.0)

@@ -15,6 +15,7 @@ from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
 from projections import catchup, runner
+from projections.tables import PROJECTION
 from tests.conftest import (
     drop_database,
     fixture_bodies,
@@ -27,7 +28,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.services
 
 INSTANCE = "overlap"
-LOCK = runner.lock_id(runner.PROJECTION)
+LOCK = runner.lock_id(PROJECTION)
 # Each batch's commit waits this long after its rows are written, so the next batch is always
 # planned while they are still uncommitted.
 SLOW_COMMIT = """

@@ -14,6 +14,7 @@ from events.pool import Pool
 from events.store import EventStore
 from events.webhook import parse_webhook
 from projections import catchup, messages, runner
+from projections.tables import PROJECTION
 from tests.conftest import project_all, sql, wait_for
 
 pytestmark = pytest.mark.services
@@ -185,7 +186,7 @@ def test_a_lock_is_listed_held_or_waited_for_only_in_its_own_database(
     fresh_database_url: str, database_url: str
 ) -> None:
     url, other = fresh_database_url, database_url
-    key = runner.lock_id(runner.PROJECTION)
+    key = runner.lock_id(PROJECTION)
     holder, waiter, here, elsewhere = (psycopg2.connect(u) for u in (url, url, url, other))
 
     def listed(conn: Any, *, granted: bool) -> bool:
