@@ -138,7 +138,7 @@ def reasons(conn: Any, limit: int = 3) -> list[dict[str, Any]]:
 
 def _finish(conn: Any, media_id: int, update: str, params: tuple[Any, ...]) -> list[FeedItem]:
     with conn, conn.cursor() as cur:
-        # The projector writes whole message rows it loaded under this lock (runner.py).
+        # The projector writes whole message rows it loaded under this lock (plan.py, writer.py).
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (runner.lock_id(PROJECTION),))
         cur.execute(update, params)
         row = cur.fetchone()
