@@ -35,7 +35,7 @@ from projections.writer import Rendered, render, write_rendered
 # for it (a media update, replay, a rebuild's swap, another worker) have a turn. Nobody
 # waiting, it keeps the lock until the backlog is worked off, since each run ends by waiting
 # for its last commit with nothing to plan meanwhile. bench/projection.py times that against
-# runs ending every second: 0.92-1.50x over six runs, no gain beyond this machine's noise.
+# runs ending every second: 0.92-1.50x over eight runs, no gain beyond the machines' noise.
 HOLD_SECONDS = 1.0
 
 
