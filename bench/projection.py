@@ -13,8 +13,6 @@ Run from the repository root:
      and each committed batch's feed is published to Redis for live sockets (the garbage
      collector is set as a worker process sets it when it boots);
    - the same on one connection, batch after batch (projection emptied first);
-   - the same overlapped, but each run under the lock ending every HOLD_SECONDS as if another
-     session always waited for it (as every run ended before commit 21061a6);
    - a second, instrumented catch-up (projection tables emptied, checkpoint back to 0): a
      copy of `run_batch` that times lock + checkpoint, `read_after`, `apply_events` (split
      into its SQL statements, their parameter quoting, result fetching and the Python
@@ -268,11 +266,9 @@ def read_ceiling(url: str, expected: int, usage: Usage) -> tuple[int, float]:
         conn.close()
 
 
-def timed_catch_up(
-    url: str, usage: Usage, *, overlapped: bool, always_waited_for: bool = False
-) -> tuple[int, float]:
+def timed_catch_up(url: str, usage: Usage, *, overlapped: bool) -> tuple[int, float]:
     """(events, seconds); connections close after the CPU is counted (an exited backend's
-    ticks are lost). With `always_waited_for`, every overlapped run ends after HOLD_SECONDS."""
+    ticks are lost)."""
     conn, planner = connect(url), connect(url)
     client = redis.Redis.from_url(REDIS_URL)
     with conn.cursor() as cur:
@@ -289,14 +285,7 @@ def timed_catch_up(
             usage.writer_cpu_s += time.thread_time() - cpu
 
     try:
-        with (
-            measure_usage(usage),
-            mock.patch.object(catchup, "_commit", timed_commit),
-            # Patched only for the comparison: the worker's runs do ask PostgreSQL.
-            mock.patch.object(catchup, "_others_wait", lambda cur: True)
-            if always_waited_for
-            else contextlib.nullcontext(),
-        ):
+        with measure_usage(usage), mock.patch.object(catchup, "_commit", timed_commit):
             started = time.perf_counter()
             total = catchup.catch_up(
                 conn,
@@ -466,8 +455,6 @@ class CatchUpRun:
     catch_up_s: float = 0.0
     serial_events: int = 0
     serial_s: float = 0.0
-    yielding_events: int = 0
-    yielding_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
     instrumented_events: int = 0
     instrumented_s: float = 0.0
@@ -486,10 +473,6 @@ class CatchUpRun:
     @property
     def serial_rate(self) -> float:
         return self.serial_events / self.serial_s if self.serial_s else 0.0
-
-    @property
-    def yielding_rate(self) -> float:
-        return self.yielding_events / self.yielding_s if self.yielding_s else 0.0
 
     @property
     def ceiling_rate(self) -> float:
@@ -605,19 +588,6 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
         f"  catch_up on one connection: {result.serial_rate:,.0f} events/s"
         f" ({result.serial_events:,} events in {result.serial_s:.2f} s);"
         f" CPU: {result.serial_usage.describe(result.serial_s, result.serial_events)}"
-    )
-
-    reset_projection(url)
-    query(url, "VACUUM ANALYZE messages, chats, feed, feed_heads, checkpoints", autocommit=True)
-    checkpoint(url)
-    result.yielding_events, result.yielding_s = timed_catch_up(
-        url, Usage(), overlapped=True, always_waited_for=True
-    )
-    print(
-        f"  catch_up with every run ending after {catchup.HOLD_SECONDS:g} s (as before 21061a6):"
-        f" {result.yielding_rate:,.0f} events/s ({result.yielding_events:,} events in"
-        f" {result.yielding_s:.2f} s); runs that end only when asked did"
-        f" {result.rate / result.yielding_rate:.2f}x"
     )
 
     reset_projection(url)
@@ -1005,10 +975,6 @@ def render(
             f" | {c.catch_up_s:.2f} | {c.rate:,.0f} |",
             f"| the same on one connection, batch after batch (projection emptied first)"
             f" | {c.serial_events:,} | {c.serial_s:.2f} | {c.serial_rate:,.0f} |",
-            f"| the same overlapped, each run under the lock ending after"
-            f" {catchup.HOLD_SECONDS:g} s as if another session always waited (as before"
-            f" commit 21061a6; projection emptied first) | {c.yielding_events:,}"
-            f" | {c.yielding_s:.2f} | {c.yielding_rate:,.0f} |",
             f"| instrumented copy of the loop (projection emptied first) |"
             f" {c.instrumented_events:,} | {c.instrumented_s:.2f} | {c.instrumented_rate:,.0f} |",
             "",

@@ -6,10 +6,9 @@ of the work (decoding, projecting, encoding) and PostgreSQL's (storing rows and 
 at the same time: the writing thread has little Python left to wait for the other thread's
 turn with the interpreter lock. That stays exactly-once because:
 
-- the writing connection holds the projection's lock for the whole run, so no other runner,
-  replay or media update writes projection rows meanwhile: what the planner loads is
-  current, except what the batch in flight changes. A run ends when the backlog does, or
-  once another session has waited for the lock and the run has held it HOLD_SECONDS;
+- the writing connection holds the projection's lock for the whole run (released at least
+  every HOLD_SECONDS), so no other runner, replay or media update writes projection rows
+  meanwhile: what the planner loads is current, except what the batch in flight changes;
 - that batch's changed states are handed on as an overlay and loaded from it instead;
 - each batch commits rows, feed and checkpoint in one transaction that first checks the
   checkpoint is where the previous batch left it.
@@ -31,11 +30,10 @@ from projections.runner import Busy
 from projections.tables import PROJECTION, Batch
 from projections.writer import Rendered, render, write_rendered
 
-# How long one run keeps the projection's lock, at least, before it lets a session that waits
-# for it (a media update, replay, a rebuild's swap, another worker) have a turn. Nobody
-# waiting, it keeps the lock until the backlog is worked off, since each run ends by waiting
-# for its last commit with nothing to plan meanwhile. bench/projection.py times that against
-# runs ending every second: 0.92-1.50x over eight runs, no gain beyond the machines' noise.
+# How long one run keeps the projection's lock before letting others (a media update, replay,
+# a rebuild's swap, another worker) have a turn. Runs that kept it through a backlog unless
+# someone waited were no faster (0.92-1.50x over eight bench runs): each run's last commit,
+# waited out with nothing planned, costs too little to see.
 HOLD_SECONDS = 1.0
 
 
@@ -142,10 +140,8 @@ def _overlapped(
         until = time.monotonic() + HOLD_SECONDS
         with ThreadPoolExecutor(1, thread_name_prefix="zapline-writer") as pool:
             try:
-                while not should_stop():
+                while not should_stop() and time.monotonic() < until:
                     with planner, planner.cursor() as cur:
-                        if time.monotonic() > until and _others_wait(cur):
-                            break
                         read = read_after(cur, cursor, runner.BATCH_SIZE)
                         if not read:
                             break
@@ -218,11 +214,6 @@ def _unlock(conn: Any) -> None:
         # connection has already lost it.
         with contextlib.suppress(Exception):
             conn.close()
-
-
-def _others_wait(cur: Any) -> bool:
-    """Whether another session waits for the projection's lock."""
-    return runner.lock_listed(cur, runner.lock_id(PROJECTION), granted=False)
 
 
 def _checkpoint(conn: Any) -> Cursor:

@@ -192,33 +192,6 @@ def _lock_turns(url: str) -> Iterator[list[int]]:
         conn.close()
 
 
-def test_with_nobody_waiting_for_the_lock_one_run_keeps_it_through_the_backlog(
-    two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url, _ = two_databases
-    monkeypatch.setattr(runner, "BATCH_SIZE", 3)
-    monkeypatch.setattr(catchup, "HOLD_SECONDS", 0.0)
-    sql(url, SLOW_COMMIT)
-    runs: list[int] = []
-    overlapped = catchup._overlapped
-
-    def counted(*args: Any) -> tuple[int, Any]:
-        done, cursor = overlapped(*args)
-        runs.append(done)
-        return done, cursor
-
-    monkeypatch.setattr(catchup, "_overlapped", counted)
-    writer, planner = psycopg2.connect(url), psycopg2.connect(url)
-    # when: a backlog of many batches is worked off, and no one else asks for the lock
-    projected = catchup.catch_up(writer, planner)
-    writer.close()
-    planner.close()
-    # then: after the first batch (on one connection: no backlog was known yet), one run under
-    # the lock did the rest; it never stopped to wait out a commit with nothing planned
-    assert projected == len(_history())
-    assert [n for n in runs if n] == [projected - runner.BATCH_SIZE]
-
-
 def test_a_second_runner_is_busy_while_an_overlapped_run_holds_the_projection(
     two_databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
