@@ -8,6 +8,9 @@ Run from the repository root:
    timed; unique key ids over ~1,000 chats in a few instances, increasing timestamps), then
    - the ceiling: reads and decodes those events with the runner's gap-safe query
      (`read_after`, batches of 1000, a Cursor advancing), applying and writing nothing;
+   - a straightforward Python projector (bench/straightforward.py), the kind issue 3 measured
+     at about 11,000 events/s on the machine it set 15,000 on: the same target on any machine
+     is that many times its rate, measured here in the same run;
    - `catchup.catch_up(conn, planner)` from checkpoint 0 in this process, as the worker runs
      it: the next batch is planned on a second connection while the previous one commits,
      and each committed batch's feed is published to Redis for live sockets (the garbage
@@ -75,6 +78,7 @@ from common import (  # noqa: E402
     with_database,
     write_section,
 )
+from straightforward import project as project_straightforward  # noqa: E402
 
 from events.pool import Pool  # noqa: E402
 from events.store import Cursor, EventStore, read_after  # noqa: E402
@@ -92,8 +96,12 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/zapline_bench_proje
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 TARGET_CATCH_UP = 15_000.0  # events/s, at least
-# Issue 3's read-only ceiling on the machine it set TARGET_CATCH_UP on.
+# Issue 3's figures on the machine it set TARGET_CATCH_UP on: a straightforward Python
+# projector and the read-only ceiling.
+ISSUE_STRAIGHTFORWARD = 11_000.0
 ISSUE_CEILING = 31_000.0
+# The same target for any machine: that many times a straightforward projector's rate.
+TARGET_OVER_STRAIGHTFORWARD = TARGET_CATCH_UP / ISSUE_STRAIGHTFORWARD
 TARGET_P50_MS = 20.0  # under
 TARGET_P99_MS = 100.0  # under
 
@@ -451,6 +459,8 @@ class CatchUpRun:
     ceiling_events: int = 0
     ceiling_s: float = 0.0
     ceiling_first_s: float = 0.0
+    straightforward_events: int = 0
+    straightforward_s: float = 0.0
     catch_up_events: int = 0
     catch_up_s: float = 0.0
     serial_events: int = 0
@@ -463,6 +473,7 @@ class CatchUpRun:
     table_sizes: list[tuple[str, str]] = field(default_factory=list)
     busy_before: float = 0.0
     ceiling_usage: Usage = field(default_factory=Usage)
+    straightforward_usage: Usage = field(default_factory=Usage)
     catch_up_usage: Usage = field(default_factory=Usage)
     serial_usage: Usage = field(default_factory=Usage)
 
@@ -479,6 +490,26 @@ class CatchUpRun:
         return self.ceiling_events / self.ceiling_s if self.ceiling_s else 0.0
 
     @property
+    def straightforward_rate(self) -> float:
+        if not self.straightforward_s:
+            return 0.0
+        return self.straightforward_events / self.straightforward_s
+
+    @property
+    def over_straightforward(self) -> float:
+        return self.rate / self.straightforward_rate if self.straightforward_rate else 0.0
+
+    def calibration(self) -> str:
+        """How this machine compares with issue 3's, by both yardsticks."""
+        return (
+            f"a straightforward projector ran {self.straightforward_rate:,.0f} events/s here"
+            f" against about {ISSUE_STRAIGHTFORWARD:,.0f} on issue 3's machine"
+            f" ({self.straightforward_rate / ISSUE_STRAIGHTFORWARD:.2f}x), the read ceiling"
+            f" {self.ceiling_rate:,.0f} against about {ISSUE_CEILING:,.0f}"
+            f" ({self.ceiling_rate / ISSUE_CEILING:.2f}x)"
+        )
+
+    @property
     def cpu_per_event_us(self) -> float:
         """CPU per event during catch_up: this process and PostgreSQL together."""
         used = self.catch_up_usage.own_s + self.catch_up_usage.postgres_s
@@ -491,15 +522,10 @@ class CatchUpRun:
         return (os.cpu_count() or 1) * 1e6 / cpu if cpu else 0.0
 
     def all_cores_summary(self) -> str:
-        share_needed = TARGET_CATCH_UP / ISSUE_CEILING
         return (
             f"catch_up used {self.cpu_per_event_us:.0f} us CPU per event (this process +"
             f" PostgreSQL): with all {os.cpu_count()} cores busy doing nothing else, at most"
-            f" {self.all_cores_rate:,.0f} events/s, {self.all_cores_rate / self.ceiling_rate:.2f}"
-            f" of the ceiling. {share_needed:.2f} of it (issue 3's {TARGET_CATCH_UP:,.0f} against"
-            f" its ceiling of about {ISSUE_CEILING:,.0f}) would need at most"
-            f" {1e6 * (os.cpu_count() or 1) / (share_needed * self.ceiling_rate):.0f} us per"
-            " event here"
+            f" {self.all_cores_rate:,.0f} events/s"
         )
 
     @property
@@ -549,6 +575,18 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
     )
 
     checkpoint(url)
+    with measure_usage(result.straightforward_usage):
+        result.straightforward_events, result.straightforward_s = project_straightforward(
+            url, events
+        )
+    print(
+        f"  straightforward projector (bench/straightforward.py):"
+        f" {result.straightforward_rate:,.0f} events/s ({result.straightforward_events:,} events"
+        f" in {result.straightforward_s:.2f} s)"
+    )
+    print(f"  calibration: {result.calibration()}")
+
+    checkpoint(url)
     result.catch_up_events, result.catch_up_s = timed_catch_up(
         url, result.catch_up_usage, overlapped=True
     )
@@ -556,8 +594,11 @@ def run_catch_up(url: str, spec: Spec, events: int, quiet_s: float) -> CatchUpRu
     print(
         f"  catch_up: {result.rate:,.0f} events/s ({result.catch_up_events:,} events in"
         f" {result.catch_up_s:.2f} s) -> {verdict(result.rate >= TARGET_CATCH_UP)}"
-        f" (target >= {TARGET_CATCH_UP:,.0f});"
-        f" catch-up / ceiling = {result.rate / result.ceiling_rate:.2f}"
+        f" (target >= {TARGET_CATCH_UP:,.0f}); catch-up / straightforward ="
+        f" {result.over_straightforward:.2f} ->"
+        f" {verdict(result.over_straightforward >= TARGET_OVER_STRAIGHTFORWARD)} (target >="
+        f" {TARGET_OVER_STRAIGHTFORWARD:.2f}); catch-up / ceiling ="
+        f" {result.rate / result.ceiling_rate:.2f}"
     )
     print(f"  after catch-up: {result.counts}")
     print(
@@ -944,10 +985,14 @@ def render(
         "| --- | --- | --- | --- |",
     ]
     if catch:
-        lines.append(
+        lines += [
             f"| catch-up from checkpoint 0 | {catch.rate:,.0f} events/s | >= {TARGET_CATCH_UP:,.0f}"
-            f" | {verdict(catch.rate >= TARGET_CATCH_UP)} |"
-        )
+            f" | {verdict(catch.rate >= TARGET_CATCH_UP)} |",
+            f"| catch-up / a straightforward projector, same run | {catch.over_straightforward:.2f}"
+            f" | >= {TARGET_OVER_STRAIGHTFORWARD:.2f} ({TARGET_CATCH_UP:,.0f} / about"
+            f" {ISSUE_STRAIGHTFORWARD:,.0f} on issue 3's machine)"
+            f" | {verdict(catch.over_straightforward >= TARGET_OVER_STRAIGHTFORWARD)} |",
+        ]
     if lat:
         lines += [
             f"| 200 -> messages row, p50 | {lat.p50:.1f} ms | < {TARGET_P50_MS:g} ms"
@@ -970,6 +1015,9 @@ def render(
             "| --- | --- | --- | --- |",
             f"| ceiling: `read_after` + decode, batches of 1000, nothing applied (2nd of 2 passes)"
             f" | {c.ceiling_events:,} | {c.ceiling_s:.2f} | {c.ceiling_rate:,.0f} |",
+            f"| a straightforward projector (`bench/straightforward.py`: messages, chats, feed;"
+            f" none of the rest) | {c.straightforward_events:,} | {c.straightforward_s:.2f}"
+            f" | {c.straightforward_rate:,.0f} |",
             f"| `catchup.catch_up(conn, planner)` from checkpoint 0, next batch planned while"
             f" the last commits (as the worker runs it) | {c.catch_up_events:,}"
             f" | {c.catch_up_s:.2f} | {c.rate:,.0f} |",
@@ -979,14 +1027,20 @@ def render(
             f" {c.instrumented_events:,} | {c.instrumented_s:.2f} | {c.instrumented_rate:,.0f} |",
             "",
             f"Machine busy just before: {c.busy_before:.0%}. CPU during the ceiling:"
-            f" {c.ceiling_usage.describe(c.ceiling_s, c.ceiling_events)}; during catch_up:"
+            f" {c.ceiling_usage.describe(c.ceiling_s, c.ceiling_events)}; during the"
+            " straightforward projector:"
+            f" {c.straightforward_usage.describe(c.straightforward_s, c.straightforward_events)};"
+            " during catch_up:"
             f" {c.catch_up_usage.describe(c.catch_up_s, c.catch_up_events)}; on one connection:"
             f" {c.serial_usage.describe(c.serial_s, c.serial_events)} (a machine busier than"
             " this process + PostgreSQL means other work shared the cores).",
             "",
+            f"Calibration: {c.calibration()}.",
+            "",
             f"Bound: {c.all_cores_summary()}.",
             "",
-            f"Catch-up / ceiling = **{c.rate / c.ceiling_rate:.2f}**. After catch-up: "
+            f"Catch-up / straightforward = **{c.over_straightforward:.2f}**, catch-up / ceiling ="
+            f" {c.rate / c.ceiling_rate:.2f}. After catch-up: "
             + ", ".join(f"{k} {v:,}" for k, v in c.counts.items())
             + "; sizes: "
             + ", ".join(f"{n} {s}" for n, s in c.table_sizes)
