@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import psycopg2
+import psycopg2.extensions
 import psycopg2.extras
 
 from events import jsontext
@@ -50,7 +51,7 @@ _INSERT_EVENTS = """
 # ORDER BY names the table's columns: a bare `txid` would sort by the selected text, where
 # "10" comes before "9" (events would be skipped), and no index could serve it.
 _READ_AFTER = """
-    SELECT e.txid::text, e.position, e.instance, e.type, e.payload
+    SELECT e.txid::text, e.position, e.instance, e.type, e.payload::text
     FROM events e
     WHERE (e.txid, e.position) > (%s::text::xid8, %s)
       AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
@@ -60,7 +61,7 @@ _READ_AFTER = """
 
 
 _READ_BETWEEN = """
-    SELECT e.txid::text, e.position, e.instance, e.type, e.payload
+    SELECT e.txid::text, e.position, e.instance, e.type, e.payload::text
     FROM events e
     WHERE (e.txid, e.position) > (%s::text::xid8, %s)
       AND (e.txid, e.position) <= (%s::text::xid8, %s)
@@ -138,24 +139,35 @@ class EventStore:
 def read_after(
     cur: Any, cursor: Cursor, limit: int, upto: Cursor | None = None
 ) -> list[tuple[Cursor, Event]]:
-    """The gap-safe read on a caller's cursor, so it can share the caller's transaction.
+    """The gap-safe read in a caller's transaction (on a cursor of the caller's connection).
 
     With `upto`, nothing after that cursor is returned (a rebuild follows the live
     projection's checkpoint without passing it).
+
+    Text comes back as bytes: orjson reads a payload's UTF-8 as it arrives, where a str would
+    be decoded by psycopg2 only to be encoded again for orjson (a sixth of the read's CPU).
     """
-    if upto is None:
-        cur.execute(_READ_AFTER, (str(cursor.txid), cursor.position, limit))
-    else:
-        cur.execute(
-            _READ_BETWEEN,
-            (str(cursor.txid), cursor.position, str(upto.txid), upto.position, limit),
-        )
+    with cur.connection.cursor() as raw:
+        psycopg2.extensions.register_type(psycopg2.extensions.BYTES, raw)
+        if upto is None:
+            raw.execute(_READ_AFTER, (str(cursor.txid), cursor.position, limit))
+        else:
+            raw.execute(
+                _READ_BETWEEN,
+                (str(cursor.txid), cursor.position, str(upto.txid), upto.position, limit),
+            )
+        rows = raw.fetchall()
     return [
         (
             Cursor(int(txid), position),
-            Event(position=position, instance=instance, type=type_, payload=payload),
+            Event(
+                position=position,
+                instance=instance.decode(),
+                type=type_.decode(),
+                payload=jsontext.loads(payload),
+            ),
         )
-        for txid, position, instance, type_, payload in cur.fetchall()
+        for txid, position, instance, type_, payload in rows
     ]
 
 

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from events.pool import Pool
-from events.store import Cursor, EventStore
+from events.store import Cursor, EventStore, read_after
 from events.webhook import Webhook, parse_webhook
 from migrations.runner import applied_version, available, head, migrate
 from tests.conftest import BASE_URL, drop_database, sql
@@ -189,6 +189,30 @@ def test_reads_follow_transaction_ids_as_numbers_then_positions(
         cursor = read[-1][0] if read else cursor
     # then: every event once, by transaction, then position
     assert seen == sorted((txid, position) for position, txid in enumerate(txids, start=1))
+
+
+def test_a_read_returns_the_stored_body_exactly_and_leaves_the_callers_cursor_as_it_was(
+    store: EventStore, fresh_database_url: str
+) -> None:
+    # given: a body with text beyond ASCII, a number beyond 64 bits and a 19-digit string
+    body = {
+        "event": "messages.upsert",
+        "instance": "exact",
+        "data": {"key": {"id": "Ação-é-😀"}, "n": 2**70, "neg": -(2**63) - 1, "s": "1" * 19},
+    }
+    store.append([parse_webhook(json.dumps(body).encode())])
+    conn = psycopg2.connect(fresh_database_url)
+    try:
+        with conn, conn.cursor() as cur:
+            # when: it is read in the caller's transaction
+            [(_, event)] = read_after(cur, Cursor(), 10)
+            # then: it reads back equal, as str and int, and the cursor still reads as before
+            assert (event.instance, event.type, event.payload) == ("exact", "messages.upsert", body)
+            assert isinstance(event.payload["data"]["n"], int)
+            cur.execute("SELECT 'é'::text, '{\"a\": 1}'::jsonb")
+            assert cur.fetchone() == ("é", {"a": 1})
+    finally:
+        conn.close()
 
 
 def test_concurrent_migrations_apply_each_file_once() -> None:
