@@ -215,6 +215,20 @@ def test_a_read_returns_the_stored_body_exactly_and_leaves_the_callers_cursor_as
         conn.close()
 
 
+def test_a_connection_in_another_client_encoding_reads_the_same_body(
+    store: EventStore, fresh_database_url: str
+) -> None:
+    body = {"event": "messages.upsert", "instance": "latin", "data": {"text": "ação é"}}
+    store.append([parse_webhook(json.dumps(body).encode())])
+    conn = psycopg2.connect(fresh_database_url, client_encoding="LATIN1")
+    try:
+        with conn, conn.cursor() as cur:
+            [(_, event)] = read_after(cur, Cursor(), 10)
+        assert (event.instance, event.payload) == ("latin", body)
+    finally:
+        conn.close()
+
+
 def test_concurrent_migrations_apply_each_file_once() -> None:
     url = BASE_URL.rstrip("/") + "/zapline_test_migrate_race"
     drop_database(url)
