@@ -501,12 +501,16 @@ class CatchUpRun:
 
     def calibration(self) -> str:
         """How this machine compares with issue 3's, by both yardsticks."""
+        share = TARGET_CATCH_UP / ISSUE_CEILING
         return (
             f"a straightforward projector ran {self.straightforward_rate:,.0f} events/s here"
             f" against about {ISSUE_STRAIGHTFORWARD:,.0f} on issue 3's machine"
             f" ({self.straightforward_rate / ISSUE_STRAIGHTFORWARD:.2f}x), the read ceiling"
             f" {self.ceiling_rate:,.0f} against about {ISSUE_CEILING:,.0f}"
-            f" ({self.ceiling_rate / ISSUE_CEILING:.2f}x)"
+            f" ({self.ceiling_rate / ISSUE_CEILING:.2f}x); so {share:.2f} of this ceiling"
+            f" (issue 3's {TARGET_CATCH_UP:,.0f} / {ISSUE_CEILING:,.0f}) would be"
+            f" {share * self.ceiling_rate / self.straightforward_rate:.2f}x the straightforward"
+            f" projector here, where the issue's figures ask {TARGET_OVER_STRAIGHTFORWARD:.2f}x"
         )
 
     @property
