@@ -123,11 +123,16 @@ def plan_events(
     )
 
 
+def _from_overlay(keys: set[Any], overlaid: dict[Any, Any]) -> tuple[dict[Any, Any], set[Any]]:
+    """Split `keys` into the states the overlay holds and the keys left to load."""
+    pending = {k: overlaid[k] for k in keys if k in overlaid}
+    return pending, keys - pending.keys()
+
+
 def _load_messages(
     cur: Any, keys: set[tuple[str, str]], tables: Tables, overlay: Overlay
 ) -> dict[tuple[str, str], MessageState]:
-    pending = {k: overlay.messages[k] for k in keys if k in overlay.messages}
-    keys = keys - pending.keys()
+    pending, keys = _from_overlay(keys, overlay.messages)
     if not keys:
         return pending
     instances, ids = bulk.pairs(keys)
@@ -153,8 +158,7 @@ def _load_messages(
 def _load_chats(
     cur: Any, keys: set[tuple[str, str]], tables: Tables, overlay: Overlay
 ) -> dict[tuple[str, str], ChatState]:
-    pending = {k: overlay.chats[k] for k in keys if k in overlay.chats}
-    keys = keys - pending.keys()
+    pending, keys = _from_overlay(keys, overlay.chats)
     if not keys:
         return pending
     instances, jids = bulk.pairs(keys)
