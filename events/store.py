@@ -145,8 +145,8 @@ def read_after(
     projection's checkpoint without passing it).
 
     Text comes back as bytes: orjson reads a payload's UTF-8 as it arrives, where a str would
-    be decoded by psycopg2 only to be encoded again for orjson (5-9% of the read's CPU). A
-    connection in another client encoding gets its text decoded as psycopg2 would.
+    be decoded by psycopg2 only to be encoded again for orjson. A connection in another
+    client encoding gets its text decoded as psycopg2 would.
     """
     codec = psycopg2.extensions.encodings[cur.connection.encoding]
     with cur.connection.cursor() as raw:
